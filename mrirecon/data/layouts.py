@@ -1,0 +1,58 @@
+"""On-disk HDF5 layouts read by the datasets and written by the synthetic generator.
+
+One place defines them; `data/README.md` documents them for users.
+
+fastMRI multi-coil (knee2d, brain2d), exactly as distributed by fastMRI:
+    kspace              complex64 (slices, coils, H, W)   H = readout (2x oversampled), W = phase encode
+    reconstruction_rss  float32   (slices, rH, rW)        RSS of the fully sampled coil images, cropped
+                                                          to the recon size (rH, rW) (absent in test sets)
+    ismrmrd_header      bytes (XML)                       encodedSpace/reconSpace matrix sizes,
+                                                          encodingLimits/kspace_encoding_step_1 center/maximum
+    attrs               acquisition (str), max (float), norm (float), patient_id (str)
+    mask                float32 (W,) optional             only in fastMRI's undersampled test/challenge files
+
+mridata-style 3D (knee3d): the readout is fully sampled and already inverse-Fourier-transformed
+(hybrid space), so each readout position is an independent ky-kz problem (GLEAM, meddlr):
+    kspace              complex64 (X, coils, Ky, Kz)      X = readout in image space
+    reconstruction_rss  float32   (X, Ky, Kz)             RSS of the fully sampled coil images
+    attrs               acquisition="3D-FSE", max, norm, patient_id
+
+Cine 2D+t (modelled on CMRxRecon's `kspace_full` (t, sz, sc, ky, kx), re-ordered slice-first):
+    kspace              complex64 (slices, frames, coils, H, W)  H = readout, W = phase encode (ky)
+    reconstruction_rss  float32   (slices, frames, H, W)
+    attrs               acquisition="CINE", max, norm, patient_id, frame_period_ms (float)
+
+Cached coil sensitivities (written by `python -m mrirecon.data.coil_maps`, any layout):
+    espirit_maps        complex64; fastMRI and cine: (slices, maps, coils, H, W);
+                        knee3d: (maps, coils, X, Ky, Kz) (one 3D ESPIRiT per volume)
+    espirit_maps.attrs  calib_width, kernel_width, thresh, crop, num_maps
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KSPACE = "kspace"
+TARGET = "reconstruction_rss"
+HEADER = "ismrmrd_header"
+MAPS = "espirit_maps"
+PREDICTION = "reconstruction"  # fastMRI prediction files
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    kspace_ndim: int        # ndim of the `kspace` array
+    slice_axis: int         # axis of `kspace` indexed by slice-level datasets
+    coil_axis: int          # axis of coils in `kspace`
+    needs_header: bool      # fastMRI files carry an ISMRMRD header
+    acquisitions: tuple[str, ...] = ()
+
+
+FASTMRI = Layout("fastmri", kspace_ndim=4, slice_axis=0, coil_axis=1, needs_header=True,
+                 acquisitions=("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR"))
+KNEE3D = Layout("knee3d", kspace_ndim=4, slice_axis=0, coil_axis=1, needs_header=False, acquisitions=("3D-FSE",))
+CINE = Layout("cine", kspace_ndim=5, slice_axis=0, coil_axis=2, needs_header=False, acquisitions=("CINE",))
+
+LAYOUTS = {"knee2d": FASTMRI, "brain2d": FASTMRI, "fastmri": FASTMRI, "knee3d": KNEE3D, "cine": CINE}
+
+SPLITS = ("train", "val", "test")

@@ -1,0 +1,496 @@
+"""Anatomy-like complex MR images: knee (coronal 2D stacks and 3D volumes), brain (axial), cardiac cine.
+
+Each phantom is a small 3D anatomical model in millimetres (x = left-right, y = posterior-anterior,
+z = inferior-superior) built from soft-edged shapes. A shape is its approximate signed distance
+(negative inside), so shells (bone cortex, cartilage, skull) are distance bands and unions are minima.
+Shapes are painted in order with tissue intensities of the chosen contrast (PD, PD fat-sat, T1, T2,
+FLAIR, bSSFP). Textures are random Fourier series evaluated at anatomical coordinates, so they are
+continuous in 3D and move with the anatomy. A random rigid transform and per-axis scaling give every
+volume its own size, position and orientation; slices of a stack are planes through one model, so
+anatomy varies smoothly across slices. A smooth low-order phase makes the image complex.
+
+Everything is drawn from the `np.random.Generator` passed in: the same generator state gives the same
+image. Magnitudes are O(1) (brightest tissue ~ 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+KNEE_FOV_MM = 140.0                     # fastMRI coronal knee
+BRAIN_FOV_MM = 220.0                    # fastMRI axial brain
+KNEE3D_FOV_MM = 160.0                   # larger phase-encode axis of the sagittal 3D FSE (mridata-style)
+CINE_FOV_MM = 240.0                     # short-axis cine, centred on the heart
+
+# Relative signal of each tissue per contrast. Knee: fatty marrow is bright on PD and dark with fat-sat,
+# fluid is bright on fat-sat. Brain: CSF dark on T1/FLAIR and bright on T2. Cine (bSSFP): bright blood.
+KNEE_TISSUES = {
+    "PD": dict(fat=0.95, muscle=0.36, marrow=0.82, cortex=0.04, cartilage=0.58, fluid=0.62, meniscus=0.06,
+               ligament=0.08, tendon=0.06, artery=0.10, vein=0.50, skin=0.45),
+    "PDFS": dict(fat=0.12, muscle=0.30, marrow=0.15, cortex=0.03, cartilage=0.50, fluid=1.00, meniscus=0.05,
+                 ligament=0.08, tendon=0.05, artery=0.08, vein=0.70, skin=0.25),
+}
+BRAIN_TISSUES = {
+    "T1": dict(wm=0.85, gm=0.55, deep_gm=0.62, csf=0.10, scalp=0.95, skull=0.04, diploe=0.72, muscle=0.45),
+    "T1POST": dict(wm=0.85, gm=0.57, deep_gm=0.64, csf=0.14, scalp=0.95, skull=0.04, diploe=0.75, muscle=0.5),
+    "T2": dict(wm=0.40, gm=0.60, deep_gm=0.50, csf=1.00, scalp=0.70, skull=0.04, diploe=0.45, muscle=0.30),
+    "FLAIR": dict(wm=0.50, gm=0.72, deep_gm=0.62, csf=0.06, scalp=0.75, skull=0.04, diploe=0.50, muscle=0.35),
+}
+CINE_TISSUES = dict(blood=1.0, myocardium=0.28, fat=0.85, muscle=0.30, soft=0.40, lung=0.05, marrow=0.50,
+                    cortex=0.05, csf=0.90, liver=0.38)
+
+# 2D stacks span about this much (mm) whatever the slice count; spacing is clipped to [1, 5] / [1, 7.5] mm
+KNEE_STACK_MM, BRAIN_STACK_MM = 50.0, 60.0
+
+_KNEE_CONTRAST = {"CORPD_FBK": "PD", "CORPDFS_FBK": "PDFS", "3D-FSE": "PD"}
+_BRAIN_CONTRAST = {"AXT1": "T1", "AXT1PRE": "T1", "AXT1POST": "T1POST", "AXT2": "T2", "AXFLAIR": "FLAIR"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geometry: signed distances (mm, negative inside), soft fills, textures, placement
+# ----------------------------------------------------------------------------------------------------
+
+def _rotation(deg_x: float = 0.0, deg_y: float = 0.0, deg_z: float = 0.0) -> np.ndarray:
+    """Rotation matrix, x then y then z (degrees)."""
+    ax, ay, az = np.deg2rad([deg_x, deg_y, deg_z])
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return (rz @ ry @ rx).astype(F32)
+
+
+def _ellipsoid(P: np.ndarray, center, axes, p: float = 2.0, rot: np.ndarray | None = None) -> np.ndarray:
+    """Approximate signed distance to a (super)ellipsoid: (r - 1) / |grad r|, exact on the surface."""
+    u = P - np.asarray(center, F32)
+    if rot is not None:
+        u = u @ rot
+    a = np.asarray(axes, F32)
+    q = np.abs(u) / a
+    qp = q ** (p - 1) if p != 2.0 else q
+    r = ((q ** p).sum(-1)) ** (1.0 / p) if p != 2.0 else np.sqrt((q * q).sum(-1))
+    g = np.sqrt(((qp / a) ** 2).sum(-1))  # = r^(p-1) |grad r|
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (r - 1) * r ** (p - 1) / g
+    return np.where(g > 1e-12, d, -a.min()).astype(F32)
+
+
+def _ellipse(x, y, cx, cy, a, b) -> np.ndarray:
+    """Approximate signed distance to an ellipse in the x-y plane (a cylinder along z); parameters may be
+    arrays broadcasting with x and y (sizes that change along z or over cardiac frames)."""
+    u, v = x - cx, y - cy
+    r = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    g = np.sqrt((u / a ** 2) ** 2 + (v / b ** 2) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (r - 1) * r / g
+    return np.where(g > 1e-12, d, -np.minimum(a, b)).astype(F32)
+
+
+def _segment(P: np.ndarray, a, b, radius: float) -> np.ndarray:
+    """Capsule of `radius` around the segment a-b."""
+    a, b = np.asarray(a, F32), np.asarray(b, F32)
+    ab = b - a
+    t = np.clip(((P - a) @ ab) / float(ab @ ab), 0.0, 1.0)
+    return np.linalg.norm(P - a - t[..., None] * ab, axis=-1) - F32(radius)
+
+
+def _fill(d: np.ndarray, w: float) -> np.ndarray:
+    """Soft indicator of d < 0 with an edge about `w` mm wide (anti-aliasing at the pixel size)."""
+    return (0.5 - 0.5 * np.tanh(d / F32(2 * w))).astype(F32)
+
+
+def _texture(P: np.ndarray, rng: np.random.Generator, wavelength: float, pix: float = 0.0,
+             stretch=(1.0, 1.0, 1.0), modes: int = 32, gradient: bool = False):
+    """Zero-mean random field with the given wavelength (mm): a sum of random plane waves, unit variance.
+
+    Detail finer than ~3 pixels (`pix` mm) would alias, so the wavelength is raised to 3 * pix and the
+    amplitude lowered in proportion (fine texture averages out in big voxels). `stretch` > 1 lengthens
+    the correlation along that axis (muscle fibres, septa along the leg). With `gradient`, also returns
+    the spatial gradient (..., 3) in 1/mm.
+
+    P must be an affine grid (every grid here is: a rigid transform of a regular one), so each plane
+    wave factorises over the grid axes and the sum over waves is a matrix product, not N x modes cosines."""
+    lam = max(wavelength, 3.0 * pix)
+    dirs = rng.standard_normal((modes, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    k = ((2 * np.pi / (lam * rng.uniform(0.75, 1.3, (modes, 1)))) * dirs / np.asarray(stretch)).T  # (3, modes)
+    phase = rng.uniform(0, 2 * np.pi, modes)
+    amp = np.sqrt(2.0 / modes) * wavelength / lam
+
+    grid = P.shape[:-1]
+    origin = P[(0,) * len(grid)].astype(np.float64)
+    steps = [(P[tuple(int(e == d and n > 1) for e in range(len(grid)))] - P[(0,) * len(grid)]).astype(np.float64)
+             for d, n in enumerate(grid)]
+    corner = origin + sum((n - 1) * st for n, st in zip(grid, steps))
+    assert np.allclose(P[(-1,) * len(grid)], corner, atol=1e-2), "texture needs an affine grid"
+    factors = [np.exp(1j * np.outer(st @ k, np.arange(n))) for st, n in zip(steps, grid)]  # (modes, n) per axis
+    weights = amp * np.exp(1j * (origin @ k + phase))
+    letters = "abcdefgh"[:len(grid)]
+    expr = "m," + ",".join(f"m{c}" for c in letters) + "->" + letters
+
+    def wave_sum(w: np.ndarray) -> np.ndarray:
+        return np.einsum(expr, w, *factors, optimize=True).real.astype(F32)
+
+    out = wave_sum(weights)
+    if not gradient:
+        return out
+    return out, np.stack([wave_sum(1j * k[c] * weights) for c in range(3)], -1)
+
+
+class _Canvas:
+    """Painter's algorithm with soft masks: later tissues cover earlier ones."""
+
+    def __init__(self, shape):
+        self.img = np.zeros(shape, F32)
+
+    def paint(self, mask: np.ndarray, value) -> None:
+        self.img += mask * (value - self.img)
+
+
+def _place(P: np.ndarray, rng: np.random.Generator, max_deg, max_shift_mm, scale_range,
+           center=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Scanner coordinates -> anatomical coordinates of a randomly rotated, shifted and scaled subject
+    whose point `center` (+- max_shift_mm) sits at the scanner's isocentre."""
+    rot = _rotation(*(rng.uniform(-1, 1, 3) * np.asarray(max_deg)))
+    shift = rng.uniform(-1, 1, 3) * np.asarray(max_shift_mm) + np.asarray(center)
+    scale = rng.uniform(*scale_range) * rng.uniform(0.95, 1.05, 3)
+    return ((P @ rot) / scale.astype(F32) + shift.astype(F32)).astype(F32)
+
+
+def slice_spacing_mm(kind: str, slices: int) -> float:
+    """Distance between the slices of a knee2d / brain2d stack (the header's slice thickness)."""
+    if kind == "knee2d":
+        return float(np.clip(KNEE_STACK_MM / slices, 1.0, 5.0))
+    if kind == "brain2d":
+        return float(np.clip(BRAIN_STACK_MM / slices, 1.0, 7.5))
+    raise ValueError(f"no slice spacing for kind {kind!r}")
+
+
+def _stack_grid(slices: int, shape: tuple[int, int], fov_mm: float, spacing_mm: float, view: str) -> np.ndarray:
+    """Scanner coordinates (slices, H, W, 3) of a centred stack of 2D planes.
+
+    view "coronal": rows = superior->inferior, cols = x, slices along y; "axial": rows = anterior->posterior,
+    cols = x, slices along z (bottom to top)."""
+    H, W = shape
+    pix = fov_mm / max(H, W)
+    rows = ((H // 2) - np.arange(H)) * pix          # top row is superior / anterior
+    cols = (np.arange(W) - (W // 2)) * pix
+    pos = (np.arange(slices) - (slices - 1) / 2) * spacing_mm
+    P = np.zeros((slices, H, W, 3), F32)
+    P[..., 0] = cols[None, None, :]
+    if view == "coronal":
+        P[..., 1] = pos[:, None, None]
+        P[..., 2] = rows[None, :, None]
+    elif view == "axial":
+        P[..., 1] = rows[None, :, None]
+        P[..., 2] = pos[:, None, None]
+    else:
+        raise ValueError(f"unknown view {view!r}")
+    return P
+
+
+def smooth_phase(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+    """Smooth background phase (radians) over a 2D or 3D `shape`: a random polynomial of degree 2 in
+    coordinates normalised to [-1, 1] per axis (B0 and coil-combination phase vary slowly in space)."""
+    n = len(shape)
+    coords = np.meshgrid(*[np.linspace(-1, 1, s, dtype=F32) for s in shape], indexing="ij")
+    phi = np.full(shape, rng.uniform(-np.pi, np.pi), F32)
+    for i in range(n):
+        phi += F32(scale * rng.normal(0, 0.8)) * coords[i]
+        for j in range(i, n):
+            phi += F32(scale * rng.normal(0, 0.5)) * coords[i] * coords[j]
+    return phi
+
+
+def _stack_phase(rng: np.random.Generator, slices: int, shape: tuple[int, int]) -> np.ndarray:
+    """(slices, H, W) phase: one in-plane polynomial that drifts slowly across slices."""
+    base = smooth_phase(rng, shape)
+    drift = smooth_phase(rng, shape, scale=0.3)
+    t = np.linspace(-1, 1, slices, dtype=F32)[:, None, None] if slices > 1 else np.zeros((1, 1, 1), F32)
+    return base[None] + t * drift[None]
+
+
+def _complex(mag: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    return (mag * np.exp(1j * phase)).astype(np.complex64)
+
+
+def _contrast(table: dict, aliases: dict, acquisition: str, what: str) -> dict:
+    key = aliases.get(acquisition, acquisition)
+    if key not in table:
+        raise ValueError(f"unknown {what} acquisition {acquisition!r}; known: {sorted(aliases)}")
+    return table[key]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Knee (right knee; joint line at z = 0; femur up, tibia and fibula down, patella anterior)
+# ----------------------------------------------------------------------------------------------------
+
+def _knee(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.ndarray:
+    """Magnitude of the knee model at anatomical points P (..., 3); `pix` is the pixel size in mm."""
+    w = 0.45 * pix
+    j = lambda v, rel=0.08: v * rng.uniform(1 - rel, 1 + rel)  # noqa: E731  per-subject jitter
+    x, y, z = P[..., 0], P[..., 1], P[..., 2]
+    cv = _Canvas(P.shape[:-1])
+    fat_mm, cart, gap = rng.uniform(4, 12), rng.uniform(1.8, 2.8), rng.uniform(0.3, 1.4)
+    effusion = rng.uniform(0.3, 1.0)
+
+    # --- soft tissue: skin, subcutaneous fat, muscles with fat septa (little muscle at the joint line) ---
+    flare = 1 + 0.12 * np.tanh(z / F32(60))  # thigh wider than calf
+    leg = _ellipse(x, y, 0, -4, j(52) * flare, j(47) * flare)
+    cv.paint(_fill(leg, w), t["skin"])
+    cv.paint(_fill(leg + 1.5, w), t["fat"] * (1 + 0.04 * _texture(P, rng, 12, pix)))
+    S, dS = _texture(P, rng, 45, 0.0, stretch=(1, 1, 3), gradient=True)  # septa: zero surface of S
+    septa = _fill(np.abs(S) / np.maximum(np.linalg.norm(dS, axis=-1), F32(1e-3)) - F32(0.6), w)
+    away_from_joint = np.maximum(1 - _fill(np.abs(z) - F32(j(20, 0.2)), 5), _fill(y + F32(28), 4))
+    muscle = _fill(leg + F32(fat_mm), w) * away_from_joint * (1 - septa)
+    cv.paint(muscle, t["muscle"] * (1 + 0.06 * _texture(P, rng, 5, pix, stretch=(1, 1, 4))))
+
+    # --- bones as distances: trumpet-shaped metaphyses flaring into condyles and plateau ---
+    cond_z = 12.0
+    med = _ellipsoid(P, (-j(19, 0.05), -6, cond_z), (j(15), j(29), 14))
+    lat = _ellipsoid(P, (j(19, 0.05), -6, cond_z), (j(14), j(28), 14))
+    troch = _ellipsoid(P, (0, 12, 18), (j(28), 12, 16))
+    condyles = np.minimum(np.minimum(med, lat), troch)
+    notch = _ellipsoid(P, (0, -20, 2), (j(8, 0.15), 20, 13))
+    rf = np.exp(-np.maximum(z - F32(cond_z), 0) / F32(j(16)))
+    metaphysis_f = np.maximum(_ellipse(x, y, 0, -4, 13 + 22 * rf, 12 + 14 * rf), F32(cond_z) - z)
+    femur = np.maximum(np.minimum(metaphysis_f, condyles), -notch)
+
+    top = -2.0 - 2 * cart - gap  # tibial bone surface, below the femoral condyles and both cartilages
+    rt = np.exp(-np.maximum(F32(top - 6) - z, 0) / F32(j(14)))
+    tibia = np.maximum(_ellipse(x, y, 0, -6, 13 + 24 * rt, 12 + 16 * rt), z - F32(top))
+    spines = np.minimum(_ellipsoid(P, (-5, -6, top), (4, 7, 3.5)), _ellipsoid(P, (5, -6, top), (4, 7, 3.5)))
+    tibia = np.minimum(tibia, spines)
+    fib_z = top - 24
+    fibula = np.minimum(_ellipsoid(P, (32, -20, fib_z), (8, 8, 10)),
+                        np.maximum(_ellipse(x, y, 31, -20, 6.5, 6.5), z - F32(fib_z - 3)))
+    pz = rng.uniform(14, 24)
+    patella = _ellipsoid(P, (0, 38, pz), (j(20), j(9), j(21)))
+
+    # --- joint fluid, bursa, vessels, tendons, ligaments, menisci (the bones cover them) ---
+    cv.paint(effusion * _fill(_ellipsoid(P, (0, -4, top + cart + gap / 2), (38, 28, 4)), w), t["fluid"])
+    cv.paint(effusion * _fill(_ellipsoid(P, (0, 25, pz + 28), (22, 3.5, 14)), w), t["fluid"])
+    cv.paint(_fill(_ellipse(x, y, -3, -38, 3.5, 3.5), w), t["artery"])
+    cv.paint(_fill(_ellipse(x, y, 6, -42, 4.5, 4.5), w), t["vein"])
+    tendons = np.minimum(_ellipsoid(P, (0, 36, pz - 40), (13, 3.5, 22)), _ellipsoid(P, (0, 32, pz + 40), (16, 4, 22)))
+    cv.paint(_fill(tendons, w), t["tendon"])
+    ligaments = np.minimum.reduce([
+        _segment(P, (6, -18, 6), (2, 8, top - 0.5), 3.5),            # ACL
+        _segment(P, (-6, -8, 8), (-2, -26, top - 4), 3.5),           # PCL
+        _segment(P, (-38, -6, 26), (-37, -6, top - 30), 1.8),        # MCL
+        _segment(P, (38, -10, 18), (35, -20, fib_z + 9), 1.8),       # LCL
+    ])
+    cv.paint(_fill(ligaments, w), t["ligament"])
+    zt = top + cart  # menisci: wedges on the tibial cartilage, thick at the rim, thin inside
+    for xc in (-19.0, 19.0):
+        rho = np.sqrt(((x - F32(xc)) / F32(17)) ** 2 + ((y + F32(6)) / F32(27)) ** 2)
+        height = F32(6) * np.clip((rho - F32(0.55)) / F32(0.45), 0, 1)
+        wedge = np.maximum.reduce([F32(zt) - z, z - F32(zt) - height, (rho - F32(1.02)) * 15, (F32(0.55) - rho) * 15])
+        cv.paint(_fill(wedge, w), t["meniscus"])
+
+    # --- marrow with trabecular texture and physeal scars, then cortex, then cartilage ---
+    trab = 1 + 0.12 * np.tanh(1.5 * _texture(P, rng, 2.5, pix))
+    wobble = 1.5 * _texture(P, rng, 20, pix)
+    scar = 1 - 0.45 * (_fill(np.abs(z - F32(cond_z + 20) - wobble) - F32(0.7), w)
+                       + _fill(np.abs(z - F32(top - 16) - wobble) - F32(0.7), w))
+    cortex_mm = rng.uniform(0.9, 1.4) + 2.5 * _fill(F32(45) - np.abs(z), 6)  # thick in the shafts
+    for bone in (femur, tibia, fibula, patella):
+        inside = _fill(bone, w)
+        cv.paint(inside, t["marrow"] * trab * scar)
+        cv.paint(inside - _fill(bone + cortex_mm, w), t["cortex"])
+    fem_cart = _fill(condyles - F32(cart), w) * (1 - _fill(femur, w)) * np.maximum(
+        _fill(z - F32(cond_z - 2), 2), _fill(F32(16) - y, 2) * _fill(z - F32(30), 2) * _fill(-notch, 2))
+    tib_cart = (_fill(np.maximum(tibia - F32(cart), z - F32(zt)), w) * (1 - _fill(tibia, w))
+                * _fill(F32(top - 2) - z, 1.0) * _fill(F32(8) - np.abs(x), 1.5))
+    pat_cart = _fill(patella - F32(2.5), w) * (1 - _fill(patella, w)) * _fill(y - F32(36), 2)
+    cart_tex = 1 + 0.05 * _texture(P, rng, 4, pix)
+    for c in (fem_cart, tib_cart, pat_cart):
+        cv.paint(c, t["cartilage"] * cart_tex)
+    return cv.img
+
+
+def knee2d(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 64),
+           acquisition: str = "CORPD_FBK", fov_mm: float = KNEE_FOV_MM) -> np.ndarray:
+    """Coronal knee stack (slices, H, W) complex64: rows superior->inferior, slices posterior->anterior."""
+    t = _contrast(KNEE_TISSUES, _KNEE_CONTRAST, acquisition, "knee")
+    spacing = slice_spacing_mm("knee2d", slices)
+    P = _stack_grid(slices, shape, fov_mm, spacing, "coronal")
+    P = _place(P, rng, max_deg=(5, 8, 10), max_shift_mm=(8, 8, 12), scale_range=(0.88, 1.12), center=(0, -6, 0))
+    if rng.random() < 0.5:  # left or right knee
+        P[..., 0] *= -1
+    mag = _knee(P, rng, t, fov_mm / max(shape))
+    return _complex(mag, _stack_phase(rng, slices, shape))
+
+
+def knee3d(rng: np.random.Generator, shape: tuple[int, int, int] = (32, 64, 48),
+           acquisition: str = "3D-FSE", voxel_mm: float | None = None) -> np.ndarray:
+    """Sagittal 3D knee volume (X, Y, Z) complex64: X = superior->inferior (readout), Y = anterior->posterior
+    (phase encode), Z = left-right (slice encode). Voxels are isotropic, by default sized so that the larger
+    phase-encode axis spans KNEE3D_FOV_MM; a short X then covers a slab around the joint line."""
+    t = _contrast(KNEE_TISSUES, _KNEE_CONTRAST, acquisition, "knee")
+    vox = voxel_mm if voxel_mm is not None else KNEE3D_FOV_MM / max(shape[1], shape[2])
+    X, Y, Z = shape
+    zz, yy, xx = np.meshgrid(((X // 2) - np.arange(X)) * vox, ((Y // 2) - np.arange(Y)) * vox,
+                             (np.arange(Z) - Z // 2) * vox, indexing="ij")
+    P = np.stack([xx, yy, zz], -1).astype(F32)
+    P = _place(P, rng, max_deg=(6, 6, 10), max_shift_mm=(6, 8, 10), scale_range=(0.88, 1.12), center=(0, -6, 0))
+    if rng.random() < 0.5:
+        P[..., 0] *= -1
+    mag = _knee(P, rng, t, vox)
+    return _complex(mag, smooth_phase(rng, shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Brain (axial; z = 0 at the level of the third ventricle)
+# ----------------------------------------------------------------------------------------------------
+
+def _brain(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.ndarray:
+    """Magnitude of the head model at anatomical points P (..., 3)."""
+    w = 0.45 * pix
+    j = lambda v, rel=0.08: v * rng.uniform(1 - rel, 1 + rel)  # noqa: E731
+    x = P[..., 0]
+    cv = _Canvas(P.shape[:-1])
+
+    # scalp, skull (dark tables around the diploe), subarachnoid CSF
+    head = _ellipsoid(P, (0, -5, -5), (j(72), j(92), j(90)))
+    scalp, skull, csf_mm = rng.uniform(4, 7), rng.uniform(5, 8), rng.uniform(1.2, 3.5)
+    cv.paint(_fill(head, w), t["scalp"] * (1 + 0.05 * _texture(P, rng, 8, pix)))
+    inner_skull = head + F32(scalp + skull)
+    cv.paint(_fill(head + F32(scalp), w), t["skull"])
+    cv.paint(_fill(head + F32(scalp + 1.6), w) - _fill(inner_skull + F32(1.6), w),
+             t["diploe"] * (1 + 0.1 * _texture(P, rng, 4, pix)))
+    cv.paint(_fill(inner_skull, w), t["csf"])
+
+    # cortex: sulci are the zero surface of a random field (distance ~ |G| / |grad G|), reaching a varying
+    # depth below the brain surface; grey matter lines the surface and both banks of every sulcus
+    brain = inner_skull + F32(csf_mm)
+    depth = -brain
+    G, dG = _texture(P, rng, 24, 0.0, modes=48, gradient=True)
+    d_sulcus = np.abs(G) / np.maximum(np.linalg.norm(dG, axis=-1), F32(1e-3))
+    sulcal_depth = rng.uniform(12, 18) * (1 + 0.3 * np.tanh(_texture(P, rng, 40, pix)))
+    gm, width = rng.uniform(2.5, 3.5), rng.uniform(0.5, 1.3)
+    d_gm = np.minimum(depth - F32(gm), np.maximum(d_sulcus - F32(gm), depth - sulcal_depth - F32(gm)))
+    in_brain = _fill(brain, w)
+    cv.paint(in_brain, t["wm"] * (1 + 0.03 * _texture(P, rng, 10, pix)))
+    cv.paint(in_brain * _fill(d_gm, w), t["gm"] * (1 + 0.05 * _texture(P, rng, 5, pix)))
+    cv.paint(in_brain * _fill(np.maximum(d_sulcus - F32(width), depth - sulcal_depth), w), t["csf"])
+    callosum = _ellipsoid(P, (0, -6, 14), (9, 40, 16))
+    fissure = np.maximum(np.abs(x - F32(1.5) * _texture(P, rng, 30, pix)) - F32(1.2), -callosum)
+    cv.paint(_fill(fissure, w) * in_brain, t["csf"])
+
+    deep = []
+    for sd in (-1.0, 1.0):
+        deep += [_ellipsoid(P, (sd * 13, 12, 9), (5, 9, 8)),      # caudate head
+                 _ellipsoid(P, (sd * 10, -12, 2), (9, 14, 9)),    # thalamus
+                 _ellipsoid(P, (sd * 24, 2, 2), (5, 14, 10))]     # putamen
+    cv.paint(_fill(np.minimum.reduce(deep), w), t["deep_gm"])
+
+    v = rng.uniform(0.7, 1.5)  # ventricle size varies a lot between subjects
+    vents = [_ellipsoid(P, (0, -4, -1), (1.5 * v, 14, 9))]     # third ventricle
+    for sd in (-1.0, 1.0):
+        vents += [_ellipsoid(P, (sd * 7 * v, -8, 14), (5 * v, 26, 6 * v), rot=_rotation(0, 0, sd * 10)),   # body
+                  _ellipsoid(P, (sd * 10 * v, 18, 8), (5 * v, 12, 8), rot=_rotation(0, 0, -sd * 25)),     # frontal
+                  _ellipsoid(P, (sd * 15 * v, -32, 6), (6 * v, 12, 8), rot=_rotation(0, 0, sd * 25))]     # atrium
+    cv.paint(_fill(np.minimum.reduce(vents), w), t["csf"])
+    return cv.img
+
+
+def brain2d(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 64),
+            acquisition: str = "AXT2", fov_mm: float = BRAIN_FOV_MM) -> np.ndarray:
+    """Axial brain stack (slices, H, W) complex64: rows anterior->posterior, slices inferior->superior."""
+    t = _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition, "brain")
+    spacing = slice_spacing_mm("brain2d", slices)
+    P = _stack_grid(slices, shape, fov_mm, spacing, "axial")
+    P = _place(P, rng, max_deg=(4, 4, 8), max_shift_mm=(8, 10, 8), scale_range=(0.9, 1.1), center=(0, -5, 22))
+    mag = _brain(P, rng, t, fov_mm / max(shape))
+    return _complex(mag, _stack_phase(rng, slices, shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cardiac cine (short-axis slices from base to apex; frames over the cardiac cycle)
+# ----------------------------------------------------------------------------------------------------
+
+def contraction(phase: np.ndarray, systole: float = 0.35) -> np.ndarray:
+    """Periodic contraction curve in [0, 1] over the cardiac phase in cycles: 0 at end-diastole (phase 0),
+    1 at end-systole (`systole`), faster ejection than filling; continuous with a continuous derivative."""
+    ph = np.mod(phase, 1.0)
+    warped = np.where(ph < systole, ph / (2 * systole), 0.5 + (ph - systole) / (2 * (1 - systole)))
+    return (0.5 * (1 - np.cos(2 * np.pi * warped))).astype(F32)
+
+
+def _disc(x, y, cx, cy, r) -> np.ndarray:
+    return np.sqrt((x - cx) ** 2 + (y - cy) ** 2) - r
+
+
+def _cine(P: np.ndarray, s: np.ndarray, levels: np.ndarray, rng: np.random.Generator, t: dict,
+          pix: float) -> np.ndarray:
+    """Magnitude (slices, frames, H, W) for points P (slices, 1, H, W, 3), contraction s (frames,) in [0, 1]
+    and long-axis levels (slices,) from base 0 to apex 1."""
+    w = 0.45 * pix
+    j = lambda v, rel=0.08: v * rng.uniform(1 - rel, 1 + rel)  # noqa: E731
+    x, y = P[..., 0], P[..., 1]
+    cv = _Canvas((P.shape[0], len(s)) + P.shape[2:4])
+    s = s[None, :, None, None]
+    lv = levels[:, None, None, None]
+
+    # static anatomy: body wall, lungs with vessels, spine, aorta, liver (rises into the apical slices)
+    body = _ellipsoid(P, (0, 0, 0), (j(165), j(112), 1e5), p=2.3)
+    fat_mm, wall_mm = rng.uniform(8, 22), rng.uniform(10, 16)
+    cv.paint(_fill(body, w), t["fat"])
+    cv.paint(_fill(body + F32(fat_mm), w), t["muscle"] * (1 + 0.06 * _texture(P, rng, 6, pix)))
+    cv.paint(_fill(body + F32(fat_mm + wall_mm), w), t["soft"])
+    vessels = _fill(F32(2.0) - _texture(P, rng, 9, pix), w)
+    lungs = np.minimum(_ellipsoid(P, (-78, 2, 0), (j(60), j(82), 1e5)), _ellipsoid(P, (82, 0, 0), (j(55), j(80), 1e5)))
+    hx, hy = j(30, 0.2), j(18, 0.3)  # heart centre: left and anterior of the body centre
+    r_lv = j(24) * np.sqrt(np.clip(1 - lv ** 2, 0.1, 1))  # end-diastolic LV cavity radius, smaller to the apex
+    myo = j(9)
+    lv_out_ed = _disc(x, y, hx, hy, r_lv + myo)
+    rv_cx, rv_cy = hx - 0.9 * r_lv, hy + 0.35 * r_lv
+    rv_ed = _ellipse(x, y, rv_cx, rv_cy, 1.5 * r_lv + 3, 1.15 * r_lv + 3)
+    heart_ed = np.minimum(lv_out_ed, rv_ed)
+    pericardium = heart_ed - F32(rng.uniform(3, 7))  # epicardial fat, static; the heart contracts inside it
+    cv.paint(_fill(np.maximum(lungs, -(pericardium - 4)), w), t["lung"] + (t["soft"] - t["lung"]) * vessels)
+    cv.paint(_fill(pericardium, w), t["fat"])
+    spine = _disc(x, y, 0, -75, j(17))
+    cv.paint(_fill(spine, w), t["marrow"] * (1 + 0.1 * _texture(P, rng, 4, pix)))
+    cv.paint(_fill(spine, w) - _fill(spine + 2, w), t["cortex"])
+    cv.paint(_fill(_disc(x, y, 0, -101, 7), w), t["csf"])
+    cv.paint(_fill(_disc(x, y, 22, -52, j(11)), w), t["blood"])  # descending aorta
+    cv.paint(_fill(_ellipsoid(P, (-80, -25, 0), (55, 45, 1e5)) + F32(40) * (1 - lv), w), t["liver"])
+
+    # moving heart: the LV cavity shrinks, its wall thickens at constant area; the RV crescent shrinks
+    eject = rng.uniform(0.26, 0.38)
+    r_endo = r_lv * (1 - eject * s)
+    r_epi = np.sqrt(r_endo ** 2 + (r_lv + myo) ** 2 - r_lv ** 2)
+    lv_endo, lv_epi = _disc(x, y, hx, hy, r_endo), _disc(x, y, hx, hy, r_epi)
+    k = 1 - 0.7 * eject * s
+    rv_out = _ellipse(x, y, hx + (rv_cx - hx) * k, rv_cy, (1.5 * r_lv + 3) * k, (1.15 * r_lv + 3) * k)
+    cv.paint(_fill(np.minimum(lv_epi, rv_out), w), t["myocardium"] * (1 + 0.04 * _texture(P, rng, 5, pix)))
+    cv.paint(_fill(np.maximum(rv_out + 3, -(lv_epi)), w), t["blood"])
+    cv.paint(_fill(lv_endo, w), t["blood"] * (1 + 0.03 * _texture(P, rng, 6, pix)))
+    for ang in np.deg2rad([-40.0, -140.0]):  # papillary muscles ride on the posterior wall
+        rr = 0.7 * r_endo
+        cv.paint(_fill(_disc(x, y, hx + rr * np.cos(ang), hy + rr * np.sin(ang), 0.17 * r_lv * (1 + 0.6 * s)), w),
+                 t["myocardium"])
+    return cv.img
+
+
+def cine(rng: np.random.Generator, slices: int, frames: int, shape: tuple[int, int] = (64, 64),
+         fov_mm: float = CINE_FOV_MM, cycles: float = 1.0) -> np.ndarray:
+    """Short-axis cine (slices, frames, H, W) complex64; the frames cover `cycles` cardiac cycles starting at
+    end-diastole, so with cycles=1 frame k and frame k + frames would be identical."""
+    H, W = shape
+    pix = fov_mm / max(H, W)
+    rows = ((H // 2) - np.arange(H)) * pix
+    cols = (np.arange(W) - (W // 2)) * pix
+    P = np.zeros((slices, 1, H, W, 3), F32)
+    P[..., 0] = cols
+    P[..., 1] = rows[:, None]
+    P[..., 2] = (np.arange(slices) * 10.0)[:, None, None, None]  # 10 mm between slices, for the textures
+    P = _place(P, rng, max_deg=(0, 0, 12), max_shift_mm=(10, 10, 0), scale_range=(0.9, 1.1), center=(25, 10, 0))
+    base = rng.uniform(0.05, 0.3)
+    levels = np.linspace(base, base + min(0.6, 0.15 * (slices - 1)), slices) if slices > 1 else np.array([base + 0.2])
+    s = contraction(np.arange(frames) * cycles / frames)
+    mag = _cine(P, s, levels.astype(F32), rng, CINE_TISSUES, pix)
+    phase = _stack_phase(rng, slices, shape)[:, None]  # static: the same for every frame
+    return _complex(mag, phase)

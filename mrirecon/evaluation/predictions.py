@@ -1,0 +1,154 @@
+"""Prediction files (fastMRI format) and metric reports, all written atomically.
+
+A prediction file has the input file's name and one dataset `reconstruction`, float32 (slices, H, W)
+(cine: (slices, frames, H, W)); fastMRI's evaluate.py reads exactly that key from a file of the same name.
+Reports: `metrics.json` (summary over volumes) and `per_volume.csv` (one row per volume).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from ..data.errors import DataError
+from ..data.layouts import PREDICTION
+from .metrics import METRICS, summarize
+
+# Leading columns of per_volume.csv; any other keys of the rows follow in first-seen order.
+CSV_COLUMNS = ("fname", "psnr", "ssim", "nmse", "acceleration", "num_slices", "seconds_per_slice")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the destination's folder; on success it replaces `path` (os.replace).
+
+    Readers never see a half-written file; on error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_reconstruction(
+    out_dir: str | os.PathLike,
+    fname: str | os.PathLike,
+    recon: np.ndarray,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write OUT/fname with dataset `reconstruction` (float32 magnitudes) and optional file attributes.
+
+    Only the file name of `fname` is used: a prediction has the name of the input file it reconstructs.
+    """
+    recon = np.asarray(recon)
+    if np.iscomplexobj(recon):
+        raise ValueError(f"reconstruction for {fname} is complex: fastMRI prediction files hold magnitudes")
+    if recon.ndim not in (3, 4):
+        raise ValueError(f"reconstruction for {fname} must be (slices, H, W) or (slices, frames, H, W), got {recon.shape}")
+    path = Path(out_dir) / Path(fname).name
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(PREDICTION, data=recon.astype(np.float32, copy=False))
+            for key, value in (extra_attrs or {}).items():
+                f.attrs[key] = value
+    return path
+
+
+def read_reconstruction(path: str | os.PathLike) -> np.ndarray:
+    """The `reconstruction` array of a prediction file."""
+    try:
+        with h5py.File(path, "r") as f:
+            if PREDICTION not in f:
+                raise DataError(path, f"no dataset {PREDICTION!r} (found {sorted(f.keys())})", key=PREDICTION)
+            return f[PREDICTION][()]
+    except OSError as e:
+        raise DataError(path, f"cannot read prediction file: {e}") from e
+
+
+def _json_key(value: Any) -> str:
+    """Acceleration 4 / 4.0 / "4" -> "4"; fractional factors keep their decimals."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else str(number)
+
+
+def by_acceleration(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """summarize() per acceleration factor, for rows that carry an `acceleration` value."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("acceleration") not in (None, ""):
+            groups.setdefault(_json_key(row["acceleration"]), []).append(row)
+    return {r: summarize(groups[r]) for r in sorted(groups, key=float)}
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (e.g. float32 timings, attrs read from HDF5) as plain JSON values."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    extra = [k for row in rows for k in row if k not in CSV_COLUMNS]
+    fields = [c for c in CSV_COLUMNS if any(c in row for row in rows)] + list(dict.fromkeys(extra))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_metrics(
+    out_dir: str | os.PathLike,
+    per_volume_rows: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write OUT/metrics.json and OUT/per_volume.csv; returns their paths.
+
+    metrics.json = summary ({"psnr": {"mean", "std"}, "ssim": ..., "nmse": ...}; computed from the rows
+    when None), plus "by_acceleration": {R: summary} when rows carry `acceleration` (unless the summary
+    has its own), plus the top-level entries of `extra` (e.g. timing, config).
+    per_volume.csv: one row per volume (fname, psnr, ssim, nmse, acceleration, num_slices,
+    seconds_per_slice, then any other keys).
+    """
+    if not per_volume_rows:
+        raise ValueError("write_metrics() needs at least one volume row")
+    report: dict[str, Any] = dict(summarize(per_volume_rows) if summary is None else summary)
+    for name in METRICS:
+        entry = report.get(name)
+        if not isinstance(entry, Mapping) or not {"mean", "std"} <= set(entry):
+            raise ValueError(f"summary[{name!r}] must be {{'mean': ..., 'std': ...}}, got {entry!r}")
+    if "by_acceleration" not in report:
+        groups = by_acceleration(per_volume_rows)
+        if groups:
+            report["by_acceleration"] = groups
+    for key, value in (extra or {}).items():
+        if key in report:
+            raise ValueError(f"extra entry {key!r} would overwrite a metrics.json entry of the same name")
+        report[key] = value
+
+    out = Path(out_dir)
+    json_path, csv_path = out / "metrics.json", out / "per_volume.csv"
+    _write_text_atomic(json_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+    _write_text_atomic(csv_path, _csv_text(per_volume_rows))
+    return json_path, csv_path

@@ -1,0 +1,103 @@
+"""LightningDataModule: train/val/test datasets of one kind, with deterministic masks.
+
+Training masks and shuffling depend only on (seed, epoch, file, slice), so a seed reproduces a
+run for any number of workers, and a run resumed from a checkpoint sees the same data as an
+uninterrupted one. Validation/test masks are fixed per file (seeded from the file's base name).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config
+from ..data.datasets import ReconDataset
+from ..data.errors import DataError
+from ..data.subsample import build_mask_func
+from ..data.transforms import ReconTransform
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a permutation seeded by (seed, epoch) and tags each index with the epoch
+    (index + epoch * n), so the dataset can seed that epoch's masks without shared state."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = range(self.n)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        return (i + self.epoch * self.n for i in order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class EpochTagged(Dataset):
+    """Decodes EpochSampler's tagged indices: item i of epoch e uses that epoch's mask seed."""
+
+    def __init__(self, dataset: ReconDataset, transform: ReconTransform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, tagged: int):
+        epoch, index = divmod(tagged, len(self.dataset))
+        return self.transform(self.dataset.read(index), epoch=epoch)
+
+
+class ReconDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.mask_func = build_mask_func(cfg.data.mask)
+        self._datasets: dict[str, ReconDataset] = {}
+
+    def split_dir(self, split: str) -> Path:
+        path = Path(self.cfg.data.root) / split
+        if not path.is_dir():
+            raise DataError(path, f"missing {split} split folder under data.root "
+                            f"(generate data with `python -m mrirecon.data.synthetic --kind {self.cfg.data.kind} "
+                            f"--out {self.cfg.data.root}`)")
+        return path
+
+    def dataset(self, split: str, root: str | Path | None = None) -> ReconDataset:
+        key = f"{split}:{root}"
+        if key not in self._datasets:
+            d = self.cfg.data
+            transform = ReconTransform(self.mask_func, deterministic=split != "train", seed=self.cfg.train.seed,
+                                       maps=d.maps)
+            self._datasets[key] = ReconDataset(
+                root or self.split_dir(split), d.kind, transform=transform, volume=d.volume,
+                acquisitions=d.acquisitions, crop_readout=d.crop_readout, sample_rate=d.sample_rate,
+                require_maps=d.maps == "file")
+        return self._datasets[key]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.dataset("train")
+            self.dataset("val")
+
+    def _loader(self, dataset, sampler=None, shuffle=False) -> DataLoader:
+        d = self.cfg.data
+        return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, shuffle=shuffle,
+                          num_workers=d.num_workers, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        return self._loader(EpochTagged(ds, ds.transform), sampler=EpochSampler(len(ds), self.cfg.train.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+
+# Tiny tensors: one thread is much faster than two (thread start-up dominates), and
+# keeps timings stable on a shared 2-core machine.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def crandn(rng, *shape, dtype=np.complex64):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+TINY = {
+    "knee2d": dict(volumes=3, coils=4, slices=2, size=(32, 32)),
+    "brain2d": dict(volumes=3, coils=4, slices=2, size=(32, 32)),
+    "knee3d": dict(volumes=3, coils=4, size=(4, 32, 24)),
+    "cine": dict(volumes=3, coils=4, slices=1, frames=6, size=(32, 32)),
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """Tiny synthetic datasets with cached ESPIRiT maps, built once per test session: synthetic(kind) -> root."""
+    from mrirecon.data.coil_maps import cache_maps
+    from mrirecon.data.synthetic import generate
+
+    roots = {}
+
+    def get(kind: str):
+        if kind not in roots:
+            root = tmp_path_factory.mktemp(kind)
+            generate(kind, root, seed=0, **TINY[kind])
+            cache_maps(root, kind=kind, calib_width=12, workers=1, verbose=False)
+            roots[kind] = root
+        return roots[kind]
+
+    return get

@@ -1,0 +1,228 @@
+"""Datasets, transforms and cached coil maps on synthetic files in the real layouts."""
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mrirecon.data.coil_maps import cache_maps
+from mrirecon.data.datasets import ReconDataset
+from mrirecon.data.errors import DataError
+from mrirecon.data.subsample import build_mask_func
+from mrirecon.data.transforms import ReconTransform, acs_width
+from mrirecon.physics import SenseOp
+
+MASKS = {
+    "knee2d": {"type": "random", "center_fractions": [0.125], "accelerations": [4]},
+    "brain2d": {"type": "equispaced", "center_fractions": [0.25], "accelerations": [4]},
+    "knee3d": {"type": "poisson", "accelerations": [4], "calib_size": [12, 12]},
+    "cine": {"type": "kyt", "center_fractions": [0.125], "accelerations": [4]},
+}
+
+
+def dataset(root, kind, split="train", deterministic=True, **kw):
+    mask = build_mask_func(kw.pop("mask", MASKS[kind]))
+    t = ReconTransform(mask, deterministic=deterministic, seed=0, maps=kw.pop("maps", "file"))
+    return ReconDataset(root / split, kind, transform=t, **kw)
+
+
+@pytest.mark.parametrize(
+    "kind,kspace_shape,maps_shape",
+    [
+        ("knee2d", (4, 32, 32), (1, 4, 32, 32)),       # readout oversampling (64) cropped to recon size 32
+        ("brain2d", (4, 32, 32), (1, 4, 32, 32)),
+        ("knee3d", (4, 32, 24), (1, 4, 32, 24)),       # one ky-kz slice per readout position
+        ("cine", (4, 6, 32, 32), (1, 4, 1, 32, 32)),   # all frames of a slice, maps shared over time
+    ],
+)
+def test_sample_shapes(synthetic, kind, kspace_shape, maps_shape):
+    ds = dataset(synthetic(kind), kind)
+    s = ds[0]
+    assert s.kspace.shape == kspace_shape and s.kspace.dtype == torch.complex64
+    assert s.maps.shape == maps_shape
+    assert s.target.shape == (1, *kspace_shape[1:])
+    assert s.acceleration > 1.5
+    # masked entries are exactly +0.0: the sign of unsampled data does not leak
+    zero = (s.mask.expand_as(s.kspace) == 0)
+    assert not torch.signbit(s.kspace.real[zero]).any() and (s.kspace[zero] == 0).all()
+
+
+def test_lengths_and_volume_grouping(synthetic):
+    ds = dataset(synthetic("knee3d"), "knee3d")
+    n_files = len(ds.files)
+    assert len(ds) == 4 * n_files
+    assert all(len(v) == 4 for v in ds.volumes().values())
+    vol = dataset(synthetic("knee3d"), "knee3d", volume=True)
+    assert len(vol) == n_files
+    s = vol[0]
+    assert s.kspace.shape == (4, 4, 32, 24) and s.maps.shape == (1, 4, 4, 32, 24) and s.slice_num == -1
+    assert vol.geometry.fft_ndim == 3 and vol.geometry.conv_dims == 3
+
+
+def test_volume_mode_equals_stacked_slices(synthetic):
+    """The 3D k-space of a volume is the readout FFT of the hybrid slices: same target image."""
+    sl = dataset(synthetic("knee3d"), "knee3d")
+    vol = dataset(synthetic("knee3d"), "knee3d", volume=True)[0]
+    stacked = torch.stack([sl[i].target[0] * sl[i].scale for i in range(4)])
+    assert torch.allclose(vol.target[0] * vol.scale, stacked, atol=1e-4 * stacked.abs().max())
+
+
+def test_target_is_sense_image_of_full_kspace(synthetic):
+    ds = ReconDataset(synthetic("knee2d") / "train", "knee2d")
+    raw = ds.read(0)
+    s = dataset(synthetic("knee2d"), "knee2d")[0]
+    maps = s.maps[None]
+    # zero-filled image of the sample is A^H y with its own mask, normalised to peak 1
+    zf = SenseOp(maps, s.mask[None], 2).H(s.kspace[None])
+    assert abs(float(zf.abs().max()) - 1.0) < 1e-5
+    assert raw.kspace.shape[-2] == 64 and raw.readout_crop == 32
+
+
+def test_target_magnitude_matches_file_rss(synthetic):
+    """With normalised synthetic coil maps, |SENSE target| ~ the file's reconstruction_rss inside the object."""
+    root = synthetic("knee2d") / "train"
+    ds = dataset(synthetic("knee2d"), "knee2d")
+    s = ds[0]
+    with h5py.File(ds.files[0].path) as f:
+        rss = f["reconstruction_rss"][0]
+    mag = (s.target[0].abs() * s.scale).numpy()
+    inside = rss > 0.2 * rss.max()
+    assert np.median(np.abs(mag[inside] - rss[inside]) / rss[inside]) < 0.05
+
+
+def test_validation_masks_fixed_per_file_and_training_masks_vary(synthetic):
+    root = synthetic("knee2d")
+    a, b = dataset(root, "knee2d", "val"), dataset(root, "knee2d", "val")
+    assert torch.equal(a[0].mask, b[0].mask) and torch.equal(a[0].mask, a[1].mask)  # per file, every slice
+    tr = dataset(root, "knee2d", deterministic=False)
+    raw = tr.read(0)
+    m0, m0_again, m1 = tr.transform(raw, epoch=0).mask, tr.transform(raw, epoch=0).mask, tr.transform(raw, epoch=1).mask
+    assert torch.equal(m0, m0_again) and not torch.equal(m0, m1)
+
+
+def test_cine_masks_differ_across_frames(synthetic):
+    s = dataset(synthetic("cine"), "cine")[0]
+    assert s.mask.shape[1] == 6 and not torch.equal(s.mask[:, 0], s.mask[:, 1])
+
+
+def test_online_maps_close_to_cached(synthetic):
+    root = synthetic("knee2d")
+    cached = dataset(root, "knee2d")[0]
+    wide_acs = {"type": "random", "center_fractions": [0.5], "accelerations": [2]}  # 16 calibration lines
+    online = dataset(root, "knee2d", maps="online", mask=wide_acs)[0]
+    # maps are defined up to a global phase per pixel; compare the SENSE images' magnitudes
+    a, b = cached.target.abs() * cached.scale, online.target.abs() * online.scale
+    assert float((a - b).norm() / a.norm()) < 0.1
+
+
+def test_acs_width():
+    m = torch.zeros(1, 1, 20)
+    m[..., 8:13] = 1
+    m[..., 2] = 1
+    assert acs_width(m) == 5
+    m2 = torch.zeros(1, 10, 10)
+    m2[:, 3:7, 3:7] = 1
+    assert acs_width(m2) == 4
+
+
+# ------------------------------------------------------------------ bad input
+def _copy_split(synthetic, kind, tmp_path):
+    dst = tmp_path / "split"
+    shutil.copytree(synthetic(kind) / "train", dst)
+    return dst
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="no .h5 files"):
+        ReconDataset(tmp_path, "knee2d")
+    with pytest.raises(DataError, match="does not exist"):
+        ReconDataset(tmp_path / "missing", "knee2d")
+
+
+def test_missing_key_names_file_and_key(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    bad = sorted(d.glob("*.h5"))[0]
+    with h5py.File(bad, "r+") as f:
+        del f["kspace"]
+    with pytest.raises(DataError, match=rf"{bad.name}.*\[kspace\].*missing key"):
+        ReconDataset(d, "knee2d")
+
+
+def test_wrong_dtype_and_shape(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    bad = sorted(d.glob("*.h5"))[0]
+    with h5py.File(bad, "r+") as f:
+        k = f["kspace"][()]
+        del f["kspace"]
+        f["kspace"] = np.abs(k)
+    with pytest.raises(DataError, match=r"\[kspace\].*complex"):
+        ReconDataset(d, "knee2d")
+    with h5py.File(bad, "r+") as f:
+        del f["kspace"]
+        f["kspace"] = k[0]
+    with pytest.raises(DataError, match=r"\[kspace\].*4-d"):
+        ReconDataset(d, "knee2d")
+
+
+def test_truncated_file(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    bad = sorted(d.glob("*.h5"))[0]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError, match=rf"{bad.name}.*truncated or corrupt"):
+        ReconDataset(d, "knee2d")
+
+
+def test_nan_kspace_is_reported(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    bad = sorted(d.glob("*.h5"))[0]
+    with h5py.File(bad, "r+") as f:
+        k = f["kspace"][()]
+        k[0, 0, 3, 3] = np.nan
+        f["kspace"][...] = k
+    ds = dataset(d.parent, "knee2d", split="split")
+    with pytest.raises(DataError, match=rf"{bad.name}.*NaN or Inf"):
+        ds[0]
+
+
+def test_missing_maps_explains_how_to_compute(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    for p in d.glob("*.h5"):
+        with h5py.File(p, "r+") as f:
+            del f["espirit_maps"]
+    with pytest.raises(DataError, match="mrirecon.data.coil_maps"):
+        ReconDataset(d, "knee2d", require_maps=True)
+
+
+def test_cache_maps_is_atomic_and_skips_done_files(synthetic, tmp_path, monkeypatch):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    files = sorted(d.glob("*.h5"))
+    with h5py.File(files[0], "r+") as f:
+        del f["espirit_maps"]
+    before = files[0].read_bytes()
+    import mrirecon.data.coil_maps as cm
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(cm, "compute_file_maps", boom)
+    with pytest.raises(RuntimeError):
+        cache_maps(d, kind="knee2d", calib_width=12)
+    assert files[0].read_bytes() == before  # untouched, no temp files left behind
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in files)
+    monkeypatch.undo()
+    status = cache_maps(d, kind="knee2d", calib_width=12, verbose=False)
+    assert sum("skipped" in s for s in status) == len(files) - 1
+    with h5py.File(files[0]) as f:
+        assert f["espirit_maps"].shape == (2, 1, 4, 64, 32) and f["espirit_maps"].attrs["calib_width"] == 12
+
+
+def test_acquisition_filter(synthetic):
+    root = synthetic("brain2d") / "train"
+    ds = ReconDataset(root, "brain2d")
+    acq = ds.files[0].acquisition
+    kept = ReconDataset(root, "brain2d", acquisitions=[acq])
+    assert kept.files and all(fi.acquisition == acq for fi in kept.files)
+    with pytest.raises(DataError, match="no files with acquisition"):
+        ReconDataset(root, "brain2d", acquisitions=["NOPE"])

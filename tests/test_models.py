@@ -1,0 +1,305 @@
+"""Unrolled networks (PGD, MoDL) and the prox registry (resnet, unet)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mrirecon.models import UnrolledNet, build_prox, register_prox, registered_prox
+from mrirecon.models import registry
+from mrirecon.models.prox import ResNetProx, SpectralNormConv, UNetProx
+from mrirecon.models.unrolled import (gradient_step, gradient_step_inverse, modl_data_consistency,
+                                      modl_data_consistency_inverse)
+from mrirecon.physics import SenseOp
+
+
+RESNET = {"name": "resnet", "channels": 8, "num_blocks": 2}
+LIPSCHITZ_RESNET = {**RESNET, "lipschitz": 0.9}
+UNET = {"name": "unet", "base_channels": 8, "depth": 2}
+
+# layout -> (image spatial shape, conv_dims, fft_ndim)
+LAYOUTS = {"2d": ((16, 16), 2, 2), "3d": ((12, 12, 8), 3, 3), "cine": ((4, 12, 12), 3, 2)}
+
+
+def make_batch(layout: str, coils: int = 4, maps: int = 1, batch: int = 1, seed: int = 0):
+    """Random problem with coil maps of unit sum of squares (so ||A^H A|| <= 1) and a random 0/1 mask.
+
+    Cine: maps constant over time (broadcast dim of size 1), a ky-t mask varying over frames.
+    """
+    spatial, _, _ = LAYOUTS[layout]
+    g = torch.Generator().manual_seed(seed)
+    map_spatial = (1, *spatial[1:]) if layout == "cine" else spatial
+    s = torch.randn(batch, maps, coils, *map_spatial, dtype=torch.complex64, generator=g)
+    s = s / s.abs().pow(2).sum((1, 2), keepdim=True).sqrt()
+    if layout == "cine":
+        mask_shape = (batch, 1, spatial[0], 1, spatial[-1])
+    else:
+        mask_shape = (batch, 1, *([1] * (len(spatial) - 1)), spatial[-1])
+    mask = (torch.rand(mask_shape, generator=g) < 0.5).float()
+    x = torch.randn(batch, maps, *spatial, dtype=torch.complex64, generator=g)
+    fft_ndim = LAYOUTS[layout][2]
+    y = SenseOp(s, mask, fft_ndim)(x)
+    return y, s, mask, x
+
+
+def make_net(layout: str, dc: str = "pgd", prox=RESNET, num_unrolls: int = 2, **kw) -> UnrolledNet:
+    _, conv_dims, fft_ndim = LAYOUTS[layout]
+    torch.manual_seed(0)
+    return UnrolledNet(num_unrolls, prox, dc, conv_dims=conv_dims, fft_ndim=fft_ndim, **kw)
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("prox", [RESNET, UNET], ids=["resnet", "unet"])
+@pytest.mark.parametrize("dc", ["pgd", "modl"])
+def test_output_is_complex_image_of_input_shape(layout, prox, dc):
+    y, maps, mask, x = make_batch(layout)
+    out = make_net(layout, dc, prox)(y, maps, mask)
+    assert out.shape == x.shape and out.dtype == torch.complex64
+    assert torch.isfinite(torch.view_as_real(out)).all()
+
+
+def test_soft_sense_maps_give_one_image_per_map():
+    y, maps, mask, x = make_batch("2d", maps=2, batch=2)
+    out = make_net("2d", num_maps=2)(y, maps, mask)
+    assert out.shape == (2, 2, 16, 16)
+
+
+def test_maps_count_must_match_network():
+    y, maps, mask, _ = make_batch("2d", maps=2)
+    with pytest.raises(ValueError, match="num_maps=1"):
+        make_net("2d")(y, maps, mask)
+
+
+def test_maps_rank_must_match_conv_dims():
+    y, maps, mask, _ = make_batch("3d")
+    with pytest.raises(ValueError, match="conv_dims=2"):
+        UnrolledNet(1, RESNET, conv_dims=2)(y, maps, mask)
+
+
+# ---------------------------------------------------------------- construction and registry
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5])
+def test_unroll_count_must_be_positive_integer(n):
+    with pytest.raises(ValueError, match="num_unrolls"):
+        UnrolledNet(n, RESNET)
+
+
+def test_unknown_dc_is_rejected():
+    with pytest.raises(ValueError, match="dc must be one of"):
+        UnrolledNet(2, RESNET, dc="admm")
+
+
+def test_unknown_prox_name_lists_registered_names():
+    with pytest.raises(ValueError, match="unknown prox name 'densenet'") as err:
+        build_prox({"name": "densenet"}, 2, 2)
+    assert "resnet" in str(err.value) and "unet" in str(err.value)
+
+
+def test_prox_config_without_name_is_rejected():
+    with pytest.raises(ValueError, match="'name' key"):
+        UnrolledNet(2, {"channels": 8})
+
+
+def test_unknown_prox_option_is_named():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['chanels'\]"):
+        build_prox({"name": "resnet", "chanels": 8}, 2, 2)
+
+
+def test_bad_prox_values_are_named():
+    with pytest.raises(ValueError, match="num_blocks"):
+        build_prox({"name": "resnet", "num_blocks": -1}, 2, 2)
+    with pytest.raises(ValueError, match="depth"):
+        build_prox({"name": "unet", "depth": 0}, 2, 2)
+    with pytest.raises(ValueError, match="conv_dims must be 2 or 3"):
+        build_prox(RESNET, 2, 1)
+
+
+def test_new_prox_kind_plugs_in_by_name(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_prox("scaled_identity")
+    class ScaledIdentity(torch.nn.Module):
+        def __init__(self, in_channels: int, conv_dims: int, scale: float = 1.0):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+        def forward(self, x):
+            return self.scale * x
+
+    assert "scaled_identity" in registered_prox()
+    y, maps, mask, _ = make_batch("2d")
+    net = UnrolledNet(1, {"name": "scaled_identity", "scale": 0.0}, dc="pgd")
+    assert torch.count_nonzero(net(y, maps, mask)) == 0
+
+
+def test_registering_a_name_twice_is_rejected():
+    with pytest.raises(ValueError, match="already registered"):
+        register_prox("resnet")(ResNetProx)
+
+
+def test_shared_weights_use_one_module():
+    net = make_net("2d", num_unrolls=3, share_weights=True)
+    assert all(u is net.unrolls[0] for u in net.unrolls)
+    assert net.num_parameters() == make_net("2d", num_unrolls=1).num_parameters()
+    assert make_net("2d", num_unrolls=3).num_parameters() == 3 * net.num_parameters()
+
+
+# ---------------------------------------------------------------- unroll semantics
+
+
+@pytest.mark.parametrize("dc", ["pgd", "modl"])
+def test_stopping_after_k_unrolls_equals_running_the_first_k(dc):
+    y, maps, mask, _ = make_batch("2d")
+    net = make_net("2d", dc, num_unrolls=3)
+    A = SenseOp(maps, mask, 2)
+    x = A.H(y)
+    with torch.no_grad():
+        assert torch.equal(net(y, maps, mask, num_unrolls=0), x)
+        for k in range(3):
+            x = net.unrolls[k](x, A, y)
+            assert torch.allclose(net(y, maps, mask, num_unrolls=k + 1), x, atol=1e-6)
+    with pytest.raises(ValueError, match=r"num_unrolls must be an integer in \[0, 3\]"):
+        net(y, maps, mask, num_unrolls=4)
+
+
+def test_pgd_unroll_is_gradient_step_then_prox():
+    y, maps, mask, x = make_batch("2d")
+    net = make_net("2d", "pgd", num_unrolls=1, step_size_init=0.3)
+    unroll, A = net.unrolls[0], SenseOp(maps, mask, 2)
+    v = x - 0.3 * A.H(A(x) - y)
+    with torch.no_grad():
+        assert torch.allclose(unroll(x, A, y), unroll.apply_prox(v), atol=1e-5)
+
+
+def test_modl_unroll_solves_its_normal_equations():
+    y, maps, mask, x = make_batch("2d")
+    net = make_net("2d", "modl", num_unrolls=1, lam_init=0.5, cg_iters=40)
+    unroll, A = net.unrolls[0], SenseOp(maps, mask, 2)
+    with torch.no_grad():
+        out, z = unroll(x, A, y), unroll.apply_prox(x)
+        residual = A.N(out) + 0.5 * out - (A.H(y) + 0.5 * z)
+    assert residual.norm() / A.H(y).norm() < 1e-5
+
+
+def test_learnable_dc_parameters_start_at_their_initial_values():
+    assert torch.isclose(make_net("2d", "pgd", step_size_init=0.7).unrolls[0].step_size, torch.tensor(0.7))
+    assert torch.isclose(make_net("2d", "pgd", step_size_init=0.7, step_size_max=1.0).unrolls[0].step_size,
+                         torch.tensor(0.7))
+    assert torch.isclose(make_net("2d", "modl", lam_init=4.0).unrolls[0].lam, torch.tensor(4.0))
+
+
+def test_step_size_must_lie_below_its_maximum():
+    with pytest.raises(ValueError, match="step_size_init"):
+        UnrolledNet(1, RESNET, step_size_init=1.0, step_size_max=1.0)
+
+
+# ---------------------------------------------------------------- inverses
+
+
+def test_modl_dc_inverse_is_exact():
+    y, maps, mask, z = make_batch("2d")
+    A = SenseOp(maps, mask, 2)
+    x = modl_data_consistency(z, A, y, 0.5, cg_iters=60)
+    assert (modl_data_consistency_inverse(x, A, y, 0.5) - z).norm() / z.norm() < 1e-5
+
+
+def test_gradient_step_inverse_is_exact():
+    y, maps, mask, x = make_batch("2d")
+    A = SenseOp(maps, mask, 2)
+    v = gradient_step(x, A, y, 0.8)
+    assert (gradient_step_inverse(v, A, y, 0.8) - x).norm() / x.norm() < 1e-5
+
+
+def test_spectral_norm_is_that_of_the_convolution_operator():
+    torch.manual_seed(0)
+    conv = SpectralNormConv(2, 3, conv_dims=2, kernel_size=3, bound=100.0)
+    conv(torch.zeros(1, 2, 6, 6))  # sets the operator's size
+    # Dense matrix of the (bias-free) 'same'-padded convolution on 2 x 6 x 6 inputs.
+    w = conv.weight.detach()
+    matrix = torch.autograd.functional.jacobian(
+        lambda v: torch.nn.functional.conv2d(v.reshape(1, 2, 6, 6), w, padding=1).flatten(), torch.zeros(72))
+    exact = torch.linalg.matrix_norm(matrix, ord=2)
+    assert conv.operator_norm(iters=1000) == pytest.approx(float(exact), rel=1e-3)
+    assert float(conv.sigma().detach()) == pytest.approx(float(exact), rel=1e-2)
+    # The norm of the reshaped weight matrix would be a different number.
+    assert float(torch.linalg.matrix_norm(w.reshape(3, -1), ord=2)) < 0.9 * float(exact)
+
+
+def test_lipschitz_resnet_respects_its_bound():
+    prox = ResNetProx(2, 2, channels=8, num_blocks=2, lipschitz=0.9)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 2, 16, 16, generator=g), torch.randn(4, 2, 16, 16, generator=g)
+    with torch.no_grad():
+        ratio = (prox.residual(a) - prox.residual(b)).flatten(1).norm(dim=1) / (a - b).flatten(1).norm(dim=1)
+    bound = prox.lipschitz_bound()
+    assert bound < 0.9
+    assert float(ratio.max()) <= bound
+
+
+def test_lipschitz_resnet_inverts_by_fixed_point_iteration():
+    prox = ResNetProx(2, 2, channels=8, num_blocks=2, lipschitz=0.9)
+    x = torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        z = prox(x)
+    rebuilt, residual = prox.inverse(z, iters=200, tol=1e-7)
+    assert prox.is_invertible and residual <= 1e-6
+    assert (rebuilt - x).norm() / x.norm() < 1e-5
+
+
+def test_unconstrained_resnet_and_unet_are_not_invertible():
+    for prox in (ResNetProx(2, 2, channels=8), ResNetProx(2, 2, channels=8, lipschitz=2.0), UNetProx(2, 2, 8)):
+        assert not prox.is_invertible
+        with pytest.raises(ValueError, match="not invertible|invertible only"):
+            prox.inverse(torch.zeros(1, 2, 8, 8))
+
+
+def test_spectral_normalisation_is_fixed_within_a_training_step():
+    """Checkpoint recomputation and MEL's re-runs need the same function until the weights change."""
+    prox = ResNetProx(2, 2, channels=8, num_blocks=1, lipschitz=0.9).train()
+    x = torch.randn(1, 2, 16, 16)
+    first = prox(x)
+    assert torch.equal(prox(x), first)
+    with torch.no_grad():
+        for p in prox.parameters():
+            p.add_(0.01)
+    assert not torch.equal(prox(x), first)
+
+
+def test_lipschitz_resnet_state_dict_round_trip_reproduces_outputs():
+    prox = ResNetProx(2, 2, channels=8, num_blocks=1, lipschitz=0.9)
+    x = torch.randn(1, 2, 16, 16)
+    prox(x)
+    clone = ResNetProx(2, 2, channels=8, num_blocks=1, lipschitz=0.9)
+    clone.load_state_dict(copy.deepcopy(prox.state_dict()))
+    prox.eval(), clone.eval()
+    assert torch.equal(clone(x), prox(x))
+
+
+def test_lipschitz_resnet_deep_copy_computes_the_same_function_in_training():
+    prox = ResNetProx(2, 2, channels=8, num_blocks=1, lipschitz=0.9).train()
+    x = torch.randn(1, 2, 16, 16)
+    prox(x)
+    assert torch.equal(copy.deepcopy(prox)(x), prox(x))
+
+
+@pytest.mark.parametrize("spatial", [(13, 11), (5, 6, 7)])
+def test_unet_accepts_sizes_not_divisible_by_its_stride(spatial):
+    prox = UNetProx(2, len(spatial), base_channels=4, depth=2)
+    x = torch.randn(1, 2, *spatial)
+    assert prox(x).shape == x.shape
+
+
+@pytest.mark.parametrize("dc", ["pgd", "modl"])
+def test_unroll_inverse_rebuilds_its_input(dc):
+    y, maps, mask, x = make_batch("2d")
+    net = make_net("2d", dc, LIPSCHITZ_RESNET, num_unrolls=1, step_size_max=1.0, cg_iters=30)
+    unroll, A = net.unrolls[0], SenseOp(maps, mask, 2)
+    with torch.no_grad():
+        out = unroll(x, A, y)
+    assert unroll.is_invertible
+    assert (unroll.inverse(out, A, y) - x).norm() / x.norm() < 1e-4

@@ -23,9 +23,13 @@ Cine 2D+t (modelled on CMRxRecon's `kspace_full` (t, sz, sc, ky, kx), re-ordered
     attrs               acquisition="CINE", max, norm, patient_id, frame_period_ms (float)
 
 Cached coil sensitivities (written by `python -m mrirecon.data.coil_maps`, any layout):
-    espirit_maps        complex64; fastMRI and cine: (slices, maps, coils, H, W);
-                        knee3d: (maps, coils, X, Ky, Kz) (one 3D ESPIRiT per volume)
+    espirit_maps        complex64 (slices, maps, coils, *spatial of one slice): fastMRI (S, M, C, H, W),
+                        knee3d one set per ky-kz slice (X, M, C, Ky, Kz), cine (S, M, C, H, W) shared
+                        by all frames
     espirit_maps.attrs  calib_width, kernel_width, thresh, crop, num_maps
+
+Synthetic files (mrirecon.data.synthetic) keep `reconstruction_rss` in every split, test included,
+so that every split can be scored (fastMRI's own test sets hold undersampled data without it).
 """
 from __future__ import annotations
 

@@ -81,7 +81,6 @@ def test_target_is_sense_image_of_full_kspace(synthetic):
 
 def test_target_magnitude_matches_file_rss(synthetic):
     """With normalised synthetic coil maps, |SENSE target| ~ the file's reconstruction_rss inside the object."""
-    root = synthetic("knee2d") / "train"
     ds = dataset(synthetic("knee2d"), "knee2d")
     s = ds[0]
     with h5py.File(ds.files[0].path) as f:

@@ -8,7 +8,7 @@ import torch
 
 import evaluate as evaluate_cli
 import train as train_cli
-from mrirecon.config import ConfigError, load_config
+from mrirecon.config import load_config
 from mrirecon.training.module import load_module
 from mrirecon.training.run import train
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path
 from ..physics.espirit import espirit_maps
 from . import layouts as L
 from .datasets import KINDS, inspect_file, list_h5
@@ -58,20 +57,12 @@ def compute_file_maps(path: Path, kind: str, calib_width: int, kernel_width: int
 
 def write_maps(path: Path, maps: np.ndarray, attrs: dict) -> None:
     """Add `espirit_maps` to `path` atomically: the original stays intact until the rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(path, tmp)
+    with atomic_path(path, copy_from=path) as tmp:
         with h5py.File(tmp, "r+") as f:
             if L.MAPS in f:
                 del f[L.MAPS]
             d = f.create_dataset(L.MAPS, data=maps)
             d.attrs.update(attrs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _process(args: tuple) -> str:

@@ -21,7 +21,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +28,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path
 from . import phantoms
 from .ismrmrd import make_header
 from .layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, SPLITS, TARGET
@@ -198,17 +198,11 @@ def _config(kind: str, volumes: int | None = None, coils: int | None = None, sli
 
 def _write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict) -> None:
     """Write atomically: a temp file in the same folder (not ending in .h5), then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as hf:
             for key, value in datasets.items():
                 hf.create_dataset(key, data=value)
             hf.attrs.update(attrs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _prepare_folders(out: Path, overwrite: bool) -> dict[str, Path]:

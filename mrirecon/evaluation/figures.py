@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with Agg; no pyplot, no global backend change
 
 from .metrics import crop_to_target, psnr, ssim
-from .predictions import atomic_path
+from ..atomic import atomic_path
 
 PANEL_INCHES = 2.0   # width of one image panel
 TITLE_INCHES = 0.4   # band above each row of panels for the titles

@@ -6,18 +6,17 @@ Reports: `metrics.json` (summary over volumes) and `per_volume.csv` (one row per
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from ..atomic import atomic_path, write_text
 from ..data.errors import DataError
 from ..data.layouts import PREDICTION
 from .metrics import METRICS, summarize
@@ -26,28 +25,8 @@ from .metrics import METRICS, summarize
 CSV_COLUMNS = ("fname", "psnr", "ssim", "nmse", "acceleration", "num_slices", "seconds_per_slice")
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the destination's folder; on success it replaces `path` (os.replace).
-
-    Readers never see a half-written file; on error the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_text(path, text)
 
 
 def write_reconstruction(

@@ -16,6 +16,9 @@ On CPU there is no allocator statistic, so two exact accountings are made while 
     of the operators' outputs and checkpointing's stored inputs and recomputations; it excludes memory
     an operator uses internally without returning it, and Python/allocator overheads.
 `peak_mib` = parameters + buffers + optimizer state and inputs present before the step + peak_live_mib.
+Both devices also report `before_step_mib` (what was allocated when the step started: on CUDA the
+allocator's count, on CPU that baseline) and `peak_step_mib` = peak_mib - before_step_mib (what the step
+itself added at its peak: activations, gradients, temporaries).
 For a cross-check, `peak_rss_mib()` gives the process's peak resident set size; run one configuration
 per fresh process to use it.
 """
@@ -142,10 +145,11 @@ def measure_step_memory(fn: Callable[[], Any], modules: Sequence[nn.Module] = ()
                         device: torch.device | str | None = None) -> dict[str, float]:
     """Run `fn()` (one training step) once and return its memory in MiB.
 
-    Keys: peak_mib (the number to report), peak_saved_mib, params_mib, buffers_mib, grads_mib (after
-    the step), optimizer_state_mib (after the step), inputs_mib; on CPU also peak_live_mib; on CUDA
-    cuda_peak_mib (= peak_mib). Gradients are cleared first (every strategy's step starts
-    with zero_grad(set_to_none=True)), so the gradients the step creates are part of its peak.
+    Keys: peak_mib (the number to report), before_step_mib, peak_step_mib (= peak_mib - before_step_mib),
+    peak_saved_mib, params_mib, buffers_mib, grads_mib (after the step), optimizer_state_mib (after the
+    step), inputs_mib; on CPU also peak_live_mib (= peak_step_mib); on CUDA cuda_peak_mib (= peak_mib).
+    Gradients are cleared first (every strategy's step starts with zero_grad(set_to_none=True)), so the
+    gradients the step creates are part of its peak.
     """
     params = [p for m in modules for p in m.parameters()]
     buffers = [b for m in modules for b in m.buffers()]
@@ -161,15 +165,17 @@ def measure_step_memory(fn: Callable[[], Any], modules: Sequence[nn.Module] = ()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            result["before_step_mib"] = torch.cuda.memory_allocated(device) / MIB
             fn()
             torch.cuda.synchronize(device)
             result["cuda_peak_mib"] = result["peak_mib"] = torch.cuda.max_memory_allocated(device) / MIB
+            result["peak_step_mib"] = result["peak_mib"] - result["before_step_mib"]
         else:
+            result["before_step_mib"] = (_bytes([*params, *buffers, *inputs]) + state_before) / MIB
             with LiveTensorMeter() as live:
                 fn()
-            result["peak_live_mib"] = live.peak / MIB
-            baseline = _bytes([*params, *buffers, *inputs]) + state_before
-            result["peak_mib"] = baseline / MIB + result["peak_live_mib"]
+            result["peak_step_mib"] = result["peak_live_mib"] = live.peak / MIB
+            result["peak_mib"] = result["before_step_mib"] + result["peak_live_mib"]
     result["peak_saved_mib"] = saved.peak / MIB
     result["grads_mib"] = _bytes(p.grad for p in params if p.grad is not None) / MIB
     result["optimizer_state_mib"] = _bytes(_optimizer_tensors(optimizers)) / MIB

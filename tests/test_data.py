@@ -225,3 +225,16 @@ def test_acquisition_filter(synthetic):
     assert kept.files and all(fi.acquisition == acq for fi in kept.files)
     with pytest.raises(DataError, match="no files with acquisition"):
         ReconDataset(root, "brain2d", acquisitions=["NOPE"])
+
+
+def test_stored_mask_without_center_lines_is_reported(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    bad = sorted(d.glob("*.h5"))[0]
+    with h5py.File(bad, "r+") as f:
+        mask = np.zeros(32, np.float32)
+        mask[::4] = 1  # equispaced lines but no centre line (index W // 2 = 16)
+        mask[16] = 0
+        f["mask"] = mask
+    ds = dataset(d.parent, "knee2d", split="split")
+    with pytest.raises(DataError, match=rf"{bad.name}.*does not sample the k-space centre"):
+        ds[0]

@@ -40,7 +40,7 @@ class ModelConfig:
     share_weights: bool = False
     prox: dict = field(default_factory=lambda: {"name": "resnet", "channels": 64, "num_blocks": 2})
     num_maps: int = 1
-    step_size_init: float = 0.5          # PGD step alpha_k
+    step_size_init: float | None = None  # PGD step alpha_k (default 1, or step_size_max / 2 when bounded)
     step_size_max: float | None = None   # bound alpha_k < max (invertible PGD needs alpha < 1/||A^H A||)
     lam_init: float = 4.0                # MoDL lambda (GLEAM's MoDL config: 4)
     cg_iters: int = 10                   # MoDL CG iterations (GLEAM: 10)

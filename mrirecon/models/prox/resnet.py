@@ -166,6 +166,11 @@ class ResNetProx(ProxNet):
         self.blocks = nn.Sequential(*[ResidualBlock(conv(channels, channels), conv(channels, channels))
                                       for _ in range(num_blocks)])
         self.conv_out = conv(channels, in_channels)
+        if self.conv_bound is None:
+            # Start as the identity (f = 0): the untrained network is then N plain PGD/MoDL steps from
+            # the zero-filled image, a sound reconstruction that training only has to improve on.
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
 
     @property
     def is_invertible(self) -> bool:  # type: ignore[override]

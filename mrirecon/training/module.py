@@ -11,22 +11,12 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from ..config import Config, from_dict
-from ..data.datasets import geometry
+from ..config import from_dict
 from ..evaluation.metrics import evaluate_volume, summarize
 from ..evaluation.volumes import VolumeAccumulator
-from ..models.unrolled import UnrolledNet
+from ..models.build import build_network
 from .losses import build_loss
 from .strategies import build_strategy
-
-
-def build_network(cfg: Config) -> UnrolledNet:
-    geo = geometry(cfg.data.kind, cfg.data.volume)
-    m = cfg.model
-    return UnrolledNet(num_unrolls=m.num_unrolls, prox=dict(m.prox), dc=m.dc, share_weights=m.share_weights,
-                       num_maps=m.num_maps, conv_dims=geo.conv_dims, fft_ndim=geo.fft_ndim,
-                       step_size_init=m.step_size_init, lam_init=m.lam_init, cg_iters=m.cg_iters,
-                       step_size_max=m.step_size_max)
 
 
 class ReconModule(pl.LightningModule):
@@ -140,4 +130,4 @@ def load_module(path: str, map_location: str = "cpu") -> ReconModule:
     return module.eval()
 
 
-__all__ = ["ReconModule", "build_network", "load_module"]
+__all__ = ["ReconModule", "load_module"]

@@ -72,12 +72,17 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
     module = ReconModule(cfg.to_dict())
     loggers = _loggers(cfg)
     run_dir = Path(loggers[0].log_dir)
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/psnr", mode="max", save_last=True,
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/psnr", mode="max",
                            filename="best-epoch{epoch}", auto_insert_metric_name=False)
+    # A checkpoint of the latest state after every epoch, for exact resume. (ModelCheckpoint's own
+    # save_last only writes when a monitored checkpoint is written, i.e. not after an epoch that
+    # did not improve val/psnr.)
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
     t = cfg.train
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, logger=loggers, callbacks=[ckpt, SaveConfig(cfg, run_dir / "config.yaml")], log_every_n_steps=t.log_every_n_steps,
+        precision=t.precision, logger=loggers, callbacks=[ckpt, last, SaveConfig(cfg, run_dir / "config.yaml")], log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=enable_progress_bar,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
@@ -88,4 +93,4 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
     seconds = time.perf_counter() - start
     best = ckpt.best_model_path or None
     score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    return RunResult(run_dir, best, ckpt.last_model_path or None, seconds, score)
+    return RunResult(run_dir, best, last.best_model_path or None, seconds, score)

@@ -283,7 +283,7 @@ def goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"kind": kind, "goal": goal, "description": description, "value": v,
                         "target": f"{op} {target:g}", "target_value": target, "pass": ok})
 
-        add("psnr_gain_over_e2e_db", f"GLEAM PSNR - e2e PSNR (dB) at matched memory",
+        add("psnr_gain_over_e2e_db", "GLEAM PSNR - e2e PSNR (dB) at matched memory",
             value("psnr", "gleam", "e2e"), lambda g, e: g - e, ">=", GOAL_PSNR_GAIN)
         add("psnr_gap_to_checkpoint_db", "checkpoint PSNR - GLEAM PSNR (dB): GLEAM within 0.3 dB of checkpointing",
             value("psnr", "checkpoint", "gleam"), lambda c, g: c - g, "<=", GOAL_PSNR_GAP)

@@ -60,16 +60,16 @@ STRATEGIES = ("e2e", "gleam", "checkpoint", "invertible")  # the order of runs a
 BASELINES = {"zero_filled": "zero-filled", "sense": "CG-SENSE"}
 ROW_KEYS = ("kind", "strategy", "method", "num_unrolls", "num_modules", "parameters", "peak_memory_mib",
             "train_seconds", "epochs", "psnr", "ssim", "nmse")
-# --quick data: the sizes of the tests' tiny data sets; ESPIRiT calibration fits inside them.
+# --quick data: a few slices, 4 coils (the tests' tiny sizes but for knee3d); ESPIRiT calibration fits inside.
 QUICK_DATA = {
     "knee2d": dict(volumes=3, coils=4, slices=2, size=(32, 32)),
     "brain2d": dict(volumes=3, coils=4, slices=2, size=(32, 32)),
-    "knee3d": dict(volumes=3, coils=4, size=(4, 32, 24)),
+    "knee3d": dict(volumes=3, coils=4, size=(4, 64, 48)),  # full ky-kz: room for the 8x mask beside its calibration
     "cine": dict(volumes=3, coils=4, slices=1, frames=6, size=(32, 32)),
 }
 QUICK_CALIB_WIDTH = 12
 QUICK_OVERRIDES = ("train.max_epochs=1", "train.log_every_n_steps=1")
-# The goals: (name, description, measured value's definition, comparison, target).
+# Targets of the goals (see `goals`).
 GOAL_PSNR_GAIN, GOAL_PSNR_GAP, GOAL_SPEEDUP, GOAL_MEMORY = 1.0, 0.3, 1.25, 1.1
 
 
@@ -168,10 +168,7 @@ def step_memory(cfg: Config, device: torch.device) -> tuple[dict[str, float], in
     step()  # warm-up: Adam's state (and the spectral norms' power vectors) exist from here on
     free_device(device)
     memory = measure_step_memory(step, [module.net], optimizers, inputs, device)
-    parameters = module.net.num_parameters()
-    del module, optimizers, inputs, data
-    free_device(device)
-    return memory, parameters
+    return memory, module.net.num_parameters()  # the caller frees the device once this frame is gone
 
 
 def training_log(run_dir: Path) -> dict[str, Any]:
@@ -192,7 +189,8 @@ def training_log(run_dir: Path) -> dict[str, Any]:
                     loss.setdefault(epoch, []).append(float(row["train/loss"]))
                 if row.get("val/psnr"):
                     psnr[epoch] = float(row["val/psnr"])
-                    modules = {k.split("_")[-1]: float(v) for k, v in row.items() if k.startswith("val/psnr_module") and v}
+                    modules = {k.split("_")[-1]: float(v) for k, v in row.items()
+                               if k.startswith("val/psnr_module") and v}
                 if row.get("train/inversion_error"):
                     inversion.append(float(row["train/inversion_error"]))
     return {"train_loss_per_epoch": [sum(v) / len(v) for _, v in sorted(loss.items())],
@@ -224,6 +222,7 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
     shape = f"{n} unrolls" + (f" in {m} modules" if strategy == "gleam" else "")
     log(f"[{kind} {index}] {strategy}: {shape}; measuring one training step's peak memory")
     memory, parameters = step_memory(cfg, device)
+    free_device(device)
     log(f"[{kind} {index}] {strategy}: {parameters:,} parameters, peak memory {memory['peak_mib']:.1f} MiB; "
         f"training {cfg.train.max_epochs} epochs")
     result = train(cfg, enable_progress_bar=progress)
@@ -328,8 +327,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}; device: {meta['device']}, {where}; torch {machine['torch']}; "
         f"load average at start / end: {meta['load_average_start']} / {meta.get('load_average_end')}; "
-        f"total {_fmt(meta.get('wall_time_s'), 0)} s" + ("" if meta.get("complete") else " (incomplete: runs still going "
-                                                         "or interrupted)") + ".",
+        f"total {_fmt(meta.get('wall_time_s'), 0)} s"
+        + ("" if meta.get("complete") else " (incomplete: runs still going, interrupted or failed)") + ".",
         "",
         meta["method"],
         "",
@@ -356,6 +355,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_fmt(r['epochs'])} | {_fmt(t / gleam_t if t and gleam_t else None)} | {_fmt(psnr)} | "
                 f"{_fmt(psnr - gleam_psnr if psnr is not None and gleam_psnr is not None else None)} | "
                 f"{_fmt(r.get('ssim'), 4)} | {_fmt(r.get('nmse'), 4)} |")
+        curves = []
+        for r in rows:
+            if r.get("val_psnr_per_epoch"):
+                text = f"{r['strategy']} " + ", ".join(f"{v:.2f}" for v in r["val_psnr_per_epoch"])
+                if r.get("val_psnr_per_module"):
+                    text += " (last epoch, after each module: " + ", ".join(
+                        f"{v:.2f}" for v in r["val_psnr_per_module"].values()) + ")"
+                curves.append(text)
+        if curves:
+            lines += ["", "Validation PSNR (dB) per epoch: " + "; ".join(curves) + "."]
         kind_goals = [g for g in result["goals"] if g["kind"] == kind]
         lines += ["", "| goal | measured | target | result |", "|---|---|---|---|"]
         for g in kind_goals:
@@ -402,7 +411,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md, runs/, eval/")
     p.add_argument("--quick", action="store_true", help="tiny data under OUT/quick_data and 1 epoch")
-    p.add_argument("--only", choices=kinds, default=None, help="run one kind (default: all of " + ", ".join(kinds) + ")")
+    p.add_argument("--only", choices=kinds, default=None,
+                   help="run one kind (default: all of " + ", ".join(kinds) + ")")
     p.add_argument("--volumes", type=int, default=None, help="volumes of a data set this script generates")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
@@ -420,7 +430,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
     for kind in kinds:  # every config is validated before anything runs
         quick = [f"data.root={out / 'quick_data' / kind}", *QUICK_OVERRIDES] if args.quick else []
         experiments[kind] = load_experiment(kind, [*fixed, *quick, *args.overrides])
-    import pytorch_lightning  # noqa: F401  (sets its logger's level on import: quieten it afterwards)
+    import pytorch_lightning  # noqa: F401  (it sets its logger's level on import: quieten it afterwards)
 
     for name in ("pytorch_lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # one progress line per run is enough
@@ -454,7 +464,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
             result["rows"].append(row)
             save()
         for method in BASELINES:
-            result["rows"].append(run_baseline(kind, method, ref, out))
+            try:
+                result["rows"].append(run_baseline(kind, method, ref, out))
+            except (RuntimeError, ValueError) as e:
+                failed += 1
+                log(f"[{kind}] {BASELINES[method]}: FAILED: {e}")
+                result["rows"].append({"kind": kind, "strategy": method, "method": method,
+                                       "error": str(e).splitlines()[0]})
         save()
     result["meta"]["complete"] = failed == 0
     save()

@@ -398,6 +398,29 @@ def test_spectral_normalisation_is_fixed_within_a_training_step():
     assert not torch.equal(prox(x), first)
 
 
+def _certificates_current(module: torch.nn.Module) -> list[bool]:
+    return [m._certificate_is_current() for m in module.modules() if isinstance(m, SpectralNormConv)]
+
+
+def test_certificates_are_refreshed_only_in_the_network_or_module_that_runs():
+    """No hidden coupling: a forward certifies its own convolutions, never another network's (a benchmark
+    running several networks in turn would otherwise charge one with the others' certificates), and a
+    GLEAM module's `prepare` certifies that module's unrolls only."""
+    y, s, mask, _ = make_batch("2d")
+    a, b = make_net("2d", prox=LIPSCHITZ_RESNET), make_net("2d", prox=LIPSCHITZ_RESNET)
+    a(y, s, mask), b(y, s, mask)
+    for net in (a, b):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01)
+    b(y, s, mask)
+    assert all(_certificates_current(b)) and not any(_certificates_current(a))
+    a.prepare([1])
+    assert not any(_certificates_current(a.unrolls[0])) and all(_certificates_current(a.unrolls[1]))
+    a(y, s, mask, num_unrolls=1)
+    assert all(_certificates_current(a))
+
+
 def test_lipschitz_resnet_state_dict_round_trip_reproduces_outputs():
     prox = ResNetProx(2, 2, channels=8, num_blocks=1, lipschitz=0.9)
     x = torch.randn(1, 2, 16, 16)

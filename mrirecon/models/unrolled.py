@@ -12,13 +12,14 @@ training strategy uses to rebuild activations instead of storing them.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..physics import SenseOp, channels_to_complex, complex_to_channels, conjugate_gradient
+from .prox.resnet import refresh_certificates
 from .registry import build_prox
 
 DC_KINDS = ("pgd", "modl")
@@ -183,6 +184,14 @@ class UnrolledNet(nn.Module):
                              f"num_maps={self.num_maps}")
         return SenseOp(maps, mask, self.fft_ndim)
 
+    def prepare(self, unrolls: Iterable[int] | None = None) -> None:
+        """Bring weight-derived state of the given unrolls (default: all) up to date at once before a
+        forward: the certified conv norms of Lipschitz-bounded proxes (`refresh_certificates`), batched
+        over the unrolls rather than per prox. Optional (each prox refreshes its own when needed); every
+        training strategy calls it for the unrolls it is about to run, so all pay the same."""
+        idx = range(self.num_unrolls) if unrolls is None else unrolls
+        refresh_certificates([self.unrolls[i] for i in idx])
+
     def zero_filled(self, kspace: Tensor, maps: Tensor, mask: Tensor) -> Tensor:
         return self.sense(maps, mask).H(kspace)
 
@@ -193,6 +202,7 @@ class UnrolledNet(nn.Module):
             raise ValueError(f"num_unrolls must be an integer in [0, {self.num_unrolls}], got {num_unrolls!r}")
         A = self.sense(maps, mask)
         x = A.H(kspace)
+        self.prepare(range(k))
         for unroll in self.unrolls[:k]:
             x = unroll(x, A, kspace)
         return x

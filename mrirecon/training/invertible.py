@@ -47,6 +47,7 @@ def forward_without_activations(net: UnrolledNet, A: SenseOp, kspace: Tensor,
     """Run all unrolls without autograd; return the output (and, for debugging, every unroll's input)."""
     x = A.H(kspace)
     inputs: list[Tensor] | None = [] if keep_inputs else None
+    net.prepare()
     for unroll in net.unrolls:
         if inputs is not None:
             inputs.append(x)

@@ -106,6 +106,7 @@ class Checkpointed(Strategy):
     def _forward_backward(self, net, kspace, maps, mask, target, loss_fn, backward):
         A = net.sense(maps, mask)
         x = A.H(kspace)
+        net.prepare()
         for unroll in net.unrolls:
             # use_reentrant=False: the reentrant variant gives no parameter gradients when the
             # checkpoint's input (here the zero-filled image) does not require grad.
@@ -196,6 +197,7 @@ class Greedy(Strategy):
             A = net.sense(maps, mask)
             x = A.H(kspace) if x is None else x.detach()
             opt.zero_grad(set_to_none=True)
+            net.prepare(idx)  # this module's certificates (if any) only: modules stay independent
             for i in idx:
                 x = net.unrolls[i](x, A, kspace)
             loss = loss_fn(x, target)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import weakref
 from typing import Iterable, Sequence
 
 import torch
@@ -371,7 +370,6 @@ class SpectralNormConv(nn.Module):
         self._certificate: ConvNormCertificate | None = None
         self._certified_weight: Tensor | None = None  # a copy of the weights the certificate belongs to
         self._last_spatial: tuple[int, ...] | None = None  # for operator_norm() without a size
-        _LIVE_CONVS.add(self)
 
     def _certificate_is_current(self) -> bool:
         w, cached = self.weight.detach(), self._certified_weight
@@ -384,13 +382,11 @@ class SpectralNormConv(nn.Module):
         self._certified_weight = w.clone()
 
     def certificate(self) -> ConvNormCertificate:
-        """The certificate of the current weights (recomputed only when they changed). When it is out of
-        date, so usually are those of the network's other normalised convolutions (an optimizer step
-        changed them all): every out-of-date SpectralNormConv alive on this device is certified now, all
-        together, which is much faster than one by one and gives the same certificates."""
+        """The certificate of the current weights (recomputed only when they changed). Owners of several
+        normalised convolutions bring them up to date together first (`refresh_certificates`: faster,
+        same certificates); a conv used on its own certifies itself here."""
         if not self._certificate_is_current():
-            _LIVE_CONVS.add(self)
-            refresh_certificates(conv for conv in list(_LIVE_CONVS) if conv.weight.device == self.weight.device)
+            refresh_certificates([self])
         return self._certificate  # type: ignore[return-value]
 
     def sigma(self) -> Tensor:
@@ -430,14 +426,14 @@ class SpectralNormConv(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-# Every SpectralNormConv alive (weakly held), for certifying all out-of-date ones at once.
-_LIVE_CONVS: weakref.WeakSet[SpectralNormConv] = weakref.WeakSet()
-
-
-def refresh_certificates(convs: Iterable[SpectralNormConv]) -> None:
-    """Bring the certificates of several convolutions up to date at once: kernels of one shape share the
-    branch and bound's operations (each certificate is the same as alone, only computed faster)."""
-    stale = [conv for conv in convs if not conv._certificate_is_current()]
+def refresh_certificates(convs: nn.Module | Iterable[nn.Module]) -> None:
+    """Bring the certificates of several normalised convolutions up to date at once: every out-of-date
+    SpectralNormConv in `convs` (modules, searched recursively) is certified in one call, kernels of one
+    shape sharing the branch and bound's operations (each certificate is the same as alone, only faster).
+    The scope is explicit -- the caller's own modules -- so one network never pays for another's updates."""
+    modules = [convs] if isinstance(convs, nn.Module) else list(convs)
+    found = {id(m): m for module in modules for m in module.modules() if isinstance(m, SpectralNormConv)}
+    stale = [conv for conv in found.values() if not conv._certificate_is_current()]
     by_tolerance: dict[float, list[SpectralNormConv]] = {}
     for conv in stale:
         by_tolerance.setdefault(conv.tolerance, []).append(conv)
@@ -512,6 +508,8 @@ class ResNetProx(ProxNet):
 
     def residual(self, x: Tensor) -> Tensor:
         """f(x), the learned residual."""
+        if self.conv_bound is not None:
+            refresh_certificates(self)  # this prox's out-of-date certificates together (no-op when current)
         return self.conv_out(self.blocks(self.conv_in(x)))
 
     def forward(self, x: Tensor) -> Tensor:

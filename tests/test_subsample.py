@@ -131,6 +131,21 @@ def test_poisson_returns_where_sigpy_would_loop_forever():
     assert abs(m.acceleration - 8) < 0.8
 
 
+def test_poisson_seed_whose_start_lies_in_the_calibration_box_is_redrawn_deterministically():
+    """sigpy's kernel, started inside the calibration box (never marking its start point), rejects every
+    candidate and returns the box alone at every slope; found by a knee3d training run (64x48, 8x, 12x12)."""
+    from sigpy.mri.samp import _poisson
+
+    seed, ny, nx, calib = 689178310, 64, 48, (12, 12)
+    ones = np.ones((ny, nx))
+    assert _poisson(nx, ny, 30, ones, ones, calib, seed).sum() == calib[0] * calib[1]  # the degenerate seed
+    m = PoissonMask2D([8], calib)((2, ny, nx), seed=seed)
+    assert abs(m.acceleration - 8) < 0.8 and m.acceleration == ny * nx / m.mask.sum().item()
+    assert torch.equal(PoissonMask2D([8], calib)((2, ny, nx), seed=seed).mask, m.mask)  # still fixed per seed
+    with pytest.raises(ValueError, match="seed 689178310 and 0 seeds derived"):
+        PoissonMask2D([8], calib, max_reseeds=0)((2, ny, nx), seed=seed)
+
+
 def test_poisson_same_ky_kz_mask_for_every_readout_position_of_a_volume():
     m = PoissonMask2D([4], (4, 4))((2, 5, 24, 20), seed=0)
     assert m.mask.shape == (1, 1, 24, 20)

@@ -13,8 +13,9 @@ KIND_invertible .yaml) this script
      batch, after a warm-up step so that Adam's state exists, with only that network alive
      (mrirecon.training.memory.measure_step_memory: torch.cuda.max_memory_allocated on a GPU, the exact
      tensor accounting on CPU), measured the same way for every strategy,
-  3. trains it with mrirecon.training.run.train (wall-clock training time from its RunResult, validation
-     included, identical validation work for every run of a kind apart from the network's depth),
+  3. trains it with mrirecon.training.run.train: wall-clock training time from its RunResult (validation
+     included, identical validation work for every run of a kind apart from the network's depth) and the
+     time of the training steps alone (forward, backward, optimizer steps; no loading or validation),
   4. evaluates the best checkpoint (by validation PSNR) on the test split with
      mrirecon.evaluation.runner.evaluate (fastMRI PSNR/SSIM/NMSE), and the zero-filled and CG-SENSE
      baselines on the same split,
@@ -24,7 +25,8 @@ KIND_invertible .yaml) this script
 Goals (the GLEAM paper's claims, as set in the issue), per kind:
   - GLEAM PSNR >= e2e PSNR + 1 dB (at matched memory);
   - GLEAM within 0.3 dB of checkpointing: checkpoint PSNR - GLEAM PSNR <= 0.3 dB (GLEAM may be better);
-  - GLEAM training >= 1.25x faster than checkpointing: checkpoint time / GLEAM time >= 1.25;
+  - GLEAM training >= 1.25x faster than checkpointing: checkpoint time / GLEAM time >= 1.25, judged
+    both on the wall clock and on the training steps alone;
   - and the premise, not a claim: GLEAM's peak memory <= 1.1x that of e2e.
 
 --quick: tiny data under OUT/quick_data/KIND (a few 32x32 slices, 4 coils) and 1 epoch, for checking
@@ -59,7 +61,7 @@ CONFIG_DIR = ROOT / "configs" / "matched_memory"
 STRATEGIES = ("e2e", "gleam", "checkpoint", "invertible")  # the order of runs and table rows
 BASELINES = {"zero_filled": "zero-filled", "sense": "CG-SENSE"}
 ROW_KEYS = ("kind", "strategy", "method", "num_unrolls", "num_modules", "parameters", "peak_memory_mib",
-            "train_seconds", "epochs", "psnr", "ssim", "nmse")
+            "train_seconds", "step_seconds", "epochs", "psnr", "ssim", "nmse")
 # --quick data: a few slices, 4 coils (the tests' tiny sizes but for knee3d); ESPIRiT calibration fits inside.
 QUICK_DATA = {
     "knee2d": dict(volumes=3, coils=4, slices=2, size=(32, 32)),
@@ -229,7 +231,7 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
     ckpt = result.best_checkpoint or result.last_checkpoint
     epochs = epochs_trained(result.last_checkpoint or ckpt)
     log(f"[{kind} {index}] {strategy}: trained in {result.train_seconds:.0f} s "
-        f"({result.train_seconds / max(epochs, 1):.1f} s/epoch); evaluating {Path(ckpt).name} on the test split")
+        f"({result.train_seconds / max(epochs, 1):.1f} s/epoch, steps alone {result.step_seconds:.0f} s); evaluating {Path(ckpt).name} on the test split")
     free_device(device)
     module = load_module(ckpt)
     summary = evaluate(cfg, Path(cfg.data.root) / "test", out / "eval" / kind / strategy, module=module,
@@ -242,7 +244,7 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
         "num_unrolls": n, "num_modules": m, "parameters": parameters,
         "prox": dict(cfg.model.prox), "dc": cfg.model.dc,
         "peak_memory_mib": memory["peak_mib"], "memory": memory,
-        "train_seconds": result.train_seconds, "epochs": epochs,
+        "train_seconds": result.train_seconds, "step_seconds": result.step_seconds, "epochs": epochs,
         "seconds_per_epoch": result.train_seconds / max(epochs, 1),
         **metrics_of(summary),
         "best_val_psnr": result.best_score, **training_log(result.run_dir), "checkpoint": common.display_path(ckpt),
@@ -258,7 +260,7 @@ def run_baseline(kind: str, method: str, cfg: Config, out: Path) -> dict[str, An
     summary = evaluate(cfg, Path(cfg.data.root) / "test", out / "eval" / kind / method, method=method,
                        num_figures=0)
     row = {"kind": kind, "strategy": method, "method": method, "num_unrolls": None, "num_modules": None,
-           "parameters": 0, "peak_memory_mib": None, "train_seconds": None, "epochs": None,
+           "parameters": 0, "peak_memory_mib": None, "train_seconds": None, "step_seconds": None, "epochs": None,
            **metrics_of(summary), "eval_seconds_per_slice": summary["seconds_per_slice"]}
     log(f"[{kind}] {BASELINES[method]}: test PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
     return row
@@ -288,6 +290,9 @@ def goals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             value("psnr", "checkpoint", "gleam"), lambda c, g: c - g, "<=", GOAL_PSNR_GAP)
         add("speedup_over_checkpoint", "checkpoint training time / GLEAM training time",
             value("train_seconds", "checkpoint", "gleam"), lambda c, g: c / g, ">=", GOAL_SPEEDUP)
+        add("step_speedup_over_checkpoint", "checkpoint / GLEAM time in training steps alone (no validation, "
+            "loading, checkpoints)", value("step_seconds", "checkpoint", "gleam"), lambda c, g: c / g, ">=",
+            GOAL_SPEEDUP)
         add("memory_ratio_to_e2e", "premise: GLEAM peak memory / e2e peak memory (matched memory)",
             value("peak_memory_mib", "gleam", "e2e"), lambda g, e: g / e, "<=", GOAL_MEMORY)
     return out
@@ -341,18 +346,18 @@ def markdown(result: dict[str, Any]) -> str:
         gleam_psnr = (by.get("gleam") or {}).get("psnr")
         lines += [f"## {kind}", "", meta["data"].get(kind, ""), "",
                   "| method | unrolls | modules | parameters | peak memory (MiB) | memory / e2e | training (s) | "
-                  "epochs | time / GLEAM | PSNR (dB) | PSNR - GLEAM | SSIM | NMSE |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "of which steps (s) | epochs | time / GLEAM | PSNR (dB) | PSNR - GLEAM | SSIM | NMSE |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r.get("error"):
-                lines.append(f"| {r['strategy']} | failed: {r['error']} |" + " |" * 11)
+                lines.append(f"| {r['strategy']} | failed: {r['error']} |" + " |" * 12)
                 continue
             mem, t, psnr = r.get("peak_memory_mib"), r.get("train_seconds"), r.get("psnr")
             name = r["strategy"] if r["method"] == "network" else BASELINES.get(r["method"], r["method"])
             lines.append(
                 f"| {name} | {_fmt(r['num_unrolls'])} | {_fmt(r['num_modules'])} | {_fmt(r['parameters'])} | "
                 f"{_fmt(mem, 1)} | {_fmt(mem / e2e_mem if mem and e2e_mem else None)} | {_fmt(t, 1)} | "
-                f"{_fmt(r['epochs'])} | {_fmt(t / gleam_t if t and gleam_t else None)} | {_fmt(psnr)} | "
+                f"{_fmt(r.get('step_seconds'), 1)} | {_fmt(r['epochs'])} | {_fmt(t / gleam_t if t and gleam_t else None)} | {_fmt(psnr)} | "
                 f"{_fmt(psnr - gleam_psnr if psnr is not None and gleam_psnr is not None else None)} | "
                 f"{_fmt(r.get('ssim'), 4)} | {_fmt(r.get('nmse'), 4)} |")
         curves = []
@@ -398,9 +403,11 @@ def describe_networks(kind: str, configs: dict[str, Config]) -> str:
 METHOD = ("Peak memory: one training step on the first training batch after a warm-up step, only that network "
           "alive (`measure_step_memory`: on CUDA torch.cuda.max_memory_allocated; on CPU parameters + buffers + "
           "Adam state + batch + the peak of all tensor storages created during the step). Training time: "
-          "wall clock of `train()` (validation every epoch included). Metrics: fastMRI PSNR/SSIM/NMSE on the "
+          "wall clock of `train()` (validation every epoch included); of which steps: the training steps alone "
+          "(forward, backward, optimizer steps; `StepTimer`). Metrics: fastMRI PSNR/SSIM/NMSE on the "
           "test split, mean over volumes, best checkpoint by validation PSNR. Goals as in the issue: GLEAM >= "
-          "e2e + 1 dB; checkpoint - GLEAM <= 0.3 dB; checkpoint time / GLEAM time >= 1.25; premise GLEAM "
+          "e2e + 1 dB; checkpoint - GLEAM <= 0.3 dB; checkpoint time / GLEAM time >= 1.25 (wall clock, and steps "
+          "alone); premise GLEAM "
           "memory <= 1.1x e2e.")
 
 

@@ -55,19 +55,20 @@ def test_configs_of_a_kind_must_share_data_and_schedule(tmp_path, monkeypatch):
         mm.load_experiment("knee2d", [])
 
 
-def _row(strategy, psnr, seconds, memory):
+def _row(strategy, psnr, seconds, memory, step_seconds=None):
     return {"kind": "knee2d", "strategy": strategy, "psnr": psnr, "train_seconds": seconds,
-            "peak_memory_mib": memory}
+            "step_seconds": 0.5 * seconds if step_seconds is None else step_seconds, "peak_memory_mib": memory}
 
 
 def test_goals_are_the_issues_targets():
     rows = [_row("e2e", 30.0, 10.0, 100.0), _row("gleam", 31.5, 40.0, 105.0),
-            _row("checkpoint", 31.9, 48.0, 60.0), _row("invertible", 31.0, 150.0, 40.0)]
+            _row("checkpoint", 31.9, 48.0, 60.0, step_seconds=26.0), _row("invertible", 31.0, 150.0, 40.0)]
     goals = {g["goal"]: g for g in mm.goals(rows)}
     assert {k: (pytest.approx(g["value"]), g["target"], g["pass"]) for k, g in goals.items()} == {
         "psnr_gain_over_e2e_db": (1.5, ">= 1", True),
         "psnr_gap_to_checkpoint_db": (0.4, "<= 0.3", False),
         "speedup_over_checkpoint": (1.2, ">= 1.25", False),
+        "step_speedup_over_checkpoint": (1.3, ">= 1.25", True),
         "memory_ratio_to_e2e": (1.05, "<= 1.1", True)}
 
 
@@ -79,7 +80,7 @@ def test_a_gleam_better_than_checkpointing_is_within_the_gap():
 
 def test_goals_of_a_failed_or_missing_run_are_not_measured():
     rows = [_row("e2e", 30.0, 10.0, 100.0), {"kind": "knee2d", "strategy": "gleam", "error": "NaN loss"}]
-    assert [g["pass"] for g in mm.goals(rows)] == [None, None, None, None]
+    assert [g["pass"] for g in mm.goals(rows)] == [None] * 5
 
 
 def test_quick_run_writes_results_with_rows_and_goals(tmp_path, capsys):
@@ -100,7 +101,7 @@ def test_quick_run_writes_results_with_rows_and_goals(tmp_path, capsys):
         assert set(mm.ROW_KEYS) <= set(r) and r["kind"] == "knee2d"
         assert 0 < r["ssim"] <= 1 and r["psnr"] > 0
     for r in rows[:4]:
-        assert r["peak_memory_mib"] > 0 and r["train_seconds"] > 0 and r["epochs"] == 1
+        assert r["peak_memory_mib"] > 0 and 0 < r["step_seconds"] < r["train_seconds"] and r["epochs"] == 1
         assert r["parameters"] > 0 and len(r["val_psnr_per_epoch"]) == 1 and r["prox"]["channels"] == 8
     assert rows[1]["parameters"] == 3 * rows[0]["parameters"]  # 3N unrolls of the same prox
     assert set(rows[1]["val_psnr_per_module"]) == {"module1", "module2", "module3"}  # GLEAM's anytime outputs
@@ -113,7 +114,7 @@ def test_quick_run_writes_results_with_rows_and_goals(tmp_path, capsys):
     assert goals["psnr_gain_over_e2e_db"]["value"] == pytest.approx(by["gleam"]["psnr"] - by["e2e"]["psnr"])
     assert goals["speedup_over_checkpoint"]["value"] == pytest.approx(
         by["checkpoint"]["train_seconds"] / by["gleam"]["train_seconds"])
-    assert all(isinstance(g["pass"], bool) for g in goals.values()) and len(goals) == 4
+    assert all(isinstance(g["pass"], bool) for g in goals.values()) and len(goals) == 5
 
     md = (tmp_path / "results.md").read_text()
     assert "## knee2d" in md and "| gleam | 6 | 3 |" in md and "GLEAM PSNR - e2e PSNR" in md

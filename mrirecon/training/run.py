@@ -20,8 +20,9 @@ class RunResult:
     run_dir: Path
     best_checkpoint: str | None
     last_checkpoint: str | None
-    train_seconds: float
+    train_seconds: float            # wall clock of trainer.fit: steps, data loading, validation, checkpoints
     best_score: float | None
+    step_seconds: float | None = None  # the training steps alone (forward, backward, optimizer steps)
 
 
 class SaveConfig(Callback):
@@ -33,6 +34,29 @@ class SaveConfig(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             save_config(self.cfg, self.path)
+
+
+class StepTimer(Callback):
+    """Sum of the wall-clock time of the training steps (from batch start to batch end: forward,
+    backward and optimizer steps, CUDA synchronised), without data loading, validation or checkpoints."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, None
+
+    @staticmethod
+    def _sync(pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is not None:
+            self._sync(pl_module)
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
 
 
 def _loggers(cfg: Config):
@@ -80,9 +104,11 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)
     t = cfg.train
+    timer = StepTimer()
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, logger=loggers, callbacks=[ckpt, last, SaveConfig(cfg, run_dir / "config.yaml")], log_every_n_steps=t.log_every_n_steps,
+        precision=t.precision, logger=loggers, callbacks=[ckpt, last, SaveConfig(cfg, run_dir / "config.yaml"), timer],
+        log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=enable_progress_bar,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
@@ -93,4 +119,4 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
     seconds = time.perf_counter() - start
     best = ckpt.best_model_path or None
     score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    return RunResult(run_dir, best, last.best_model_path or None, seconds, score)
+    return RunResult(run_dir, best, last.best_model_path or None, seconds, score, timer.seconds)

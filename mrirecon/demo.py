@@ -2,8 +2,8 @@
 
   1. generate a small synthetic dataset (fastMRI layout) unless it is already there,
   2. compute and cache ESPIRiT coil maps,
-  3. train the unrolled network of configs/<kind>.yaml with GLEAM (`DEMO_DEFAULTS`: 4 greedy modules of
-     2 unrolls, a quarter of end-to-end training's activation memory; override with e.g.
+  3. train the unrolled network of configs/<kind>.yaml with GLEAM (`DEMO_DEFAULTS`: 2 greedy modules of
+     4 unrolls, half of end-to-end training's activation memory; override with e.g.
      `train.strategy=e2e train.num_modules=1`),
   4. evaluate it and the classical baselines (zero-filled, CG-SENSE, L1-wavelet CS) on the test split,
   5. write a short report: metrics table, gains over the baselines, figure paths.
@@ -26,7 +26,7 @@ from .data.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 # The demo trains with GLEAM; overrides given on the command line come after these and win.
-DEMO_DEFAULTS = ("train.strategy=gleam", "train.num_modules=4")
+DEMO_DEFAULTS = ("train.strategy=gleam", "train.num_modules=2")
 
 
 def demo_config(kind: str, out: Path, overrides: list[str]):

@@ -25,10 +25,6 @@ from .metrics import METRICS, summarize
 CSV_COLUMNS = ("fname", "psnr", "ssim", "nmse", "acceleration", "num_slices", "seconds_per_slice")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    write_text(path, text)
-
-
 def write_reconstruction(
     out_dir: str | os.PathLike,
     fname: str | os.PathLike,
@@ -128,6 +124,6 @@ def write_metrics(
 
     out = Path(out_dir)
     json_path, csv_path = out / "metrics.json", out / "per_volume.csv"
-    _write_text_atomic(json_path, json.dumps(report, indent=2, default=_json_default) + "\n")
-    _write_text_atomic(csv_path, _csv_text(per_volume_rows))
+    write_text(json_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_text(csv_path, _csv_text(per_volume_rows))
     return json_path, csv_path

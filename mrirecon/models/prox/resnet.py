@@ -506,14 +506,19 @@ class ResNetProx(ProxNet):
     def is_invertible(self) -> bool:  # type: ignore[override]
         return self.lipschitz is not None and self.lipschitz < 1
 
+    def _refresh_certificates(self) -> None:
+        """This prox's out-of-date certificates, together (no-op when current or unconstrained); once per
+        forward or inversion, not per residual evaluation inside the fixed-point loop."""
+        if self.conv_bound is not None:
+            refresh_certificates(self)
+
     def residual(self, x: Tensor) -> Tensor:
         """f(x), the learned residual."""
-        if self.conv_bound is not None:
-            refresh_certificates(self)  # this prox's out-of-date certificates together (no-op when current)
         return self.conv_out(self.blocks(self.conv_in(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.conv_dims, "resnet prox")
+        self._refresh_certificates()
         return x + self.residual(x)
 
     def lipschitz_bound(self) -> float:
@@ -532,6 +537,7 @@ class ResNetProx(ProxNet):
         if not self.is_invertible:
             raise ValueError("resnet prox is invertible only with the `lipschitz` option set below 1 "
                              f"(got lipschitz={self.lipschitz})")
+        self._refresh_certificates()
         z_norm = z.norm().clamp_min(1e-30)
         x = z
         fx = self.residual(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -84,6 +85,14 @@ def display_path(path: str | os.PathLike) -> str:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what dropped references still hold (reference cycles; CUDA's cached blocks), so the next
+    configuration's memory is measured without the previous one's."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def now_utc() -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import logging
 import math
 import sys
@@ -141,12 +140,6 @@ def prepare_data(cfg: Config, quick: bool, volumes: int | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-def free_device(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def step_memory(cfg: Config, device: torch.device) -> tuple[dict[str, float], int]:
     """Peak memory (MiB, measure_step_memory's keys) of one training step on the first training batch,
     after a warm-up step; and the network's parameter count. Only this network is alive meanwhile."""
@@ -168,7 +161,7 @@ def step_memory(cfg: Config, device: torch.device) -> tuple[dict[str, float], in
         module.strategy.step(module.net, *inputs, module.loss_fn, optimizers)
 
     step()  # warm-up: Adam's state (and the spectral norms' power vectors) exist from here on
-    free_device(device)
+    common.release_memory(device)
     memory = measure_step_memory(step, [module.net], optimizers, inputs, device)
     return memory, module.net.num_parameters()  # the caller frees the device once this frame is gone
 
@@ -224,7 +217,7 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
     shape = f"{n} unrolls" + (f" in {m} modules" if strategy == "gleam" else "")
     log(f"[{kind} {index}] {strategy}: {shape}; measuring one training step's peak memory")
     memory, parameters = step_memory(cfg, device)
-    free_device(device)
+    common.release_memory(device)
     log(f"[{kind} {index}] {strategy}: {parameters:,} parameters, peak memory {memory['peak_mib']:.1f} MiB; "
         f"training {cfg.train.max_epochs} epochs")
     result = train(cfg, enable_progress_bar=progress)
@@ -232,12 +225,12 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
     epochs = epochs_trained(result.last_checkpoint or ckpt)
     log(f"[{kind} {index}] {strategy}: trained in {result.train_seconds:.0f} s "
         f"({result.train_seconds / max(epochs, 1):.1f} s/epoch, steps alone {result.step_seconds:.0f} s); evaluating {Path(ckpt).name} on the test split")
-    free_device(device)
+    common.release_memory(device)
     module = load_module(ckpt)
     summary = evaluate(cfg, Path(cfg.data.root) / "test", out / "eval" / kind / strategy, module=module,
                        device=device.type, num_figures=1)
     del module
-    free_device(device)
+    common.release_memory(device)
     row = {
         "kind": kind, "strategy": strategy, "method": "network",
         "config": common.display_path(config_path(kind, strategy)),

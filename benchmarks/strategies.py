@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import statistics
 import sys
 import time
@@ -185,12 +184,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 class _KeepWeights:
     """An optimizer stand-in for the gradient check: clears gradients, never changes a weight."""
 
@@ -230,7 +223,7 @@ def measure_memory(config: Config, state: dict[str, Tensor], args: argparse.Name
     """Warm-up step, then one measured step; returns the trainer (already warmed up) and the memory."""
     trainer = build_trainer(config, state, args, device)
     trainer.step(batch)  # warm-up: Adam's state exists from here on
-    release(device)
+    common.release_memory(device)
     out: dict[str, float] = {}
     mem = measure_step_memory(lambda: out.update(trainer.step(batch)), [trainer.net], trainer.optimizers,
                               list(batch), device)
@@ -252,7 +245,7 @@ def run_unrolls(num_unrolls: int, state: dict[str, Tensor], args: argparse.Names
         if device.type == "cuda":
             # On CUDA the raw peak counts everything on the device: keep only one network there at a time.
             del trainer
-            release(device)
+            common.release_memory(device)
         else:
             # The CPU accounting counts only this configuration's tensors, so the warmed-up trainer is kept.
             trainers[config.label] = trainer
@@ -294,7 +287,7 @@ def run_unrolls(num_unrolls: int, state: dict[str, Tensor], args: argparse.Names
                 row.update(invertible_check(trainer.net, batch))
         rows.append(row)
     del trainers
-    release(device)
+    common.release_memory(device)
     return rows
 
 

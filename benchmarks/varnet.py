@@ -395,8 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"[varnet benchmark] {runner.name} ({runner.training}) ...", file=sys.stderr, flush=True)
         rows.append(measure(runner, batches, device, args.warmup, args.steps, args.infer_repeats))
         del runner
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        common.release_memory(device)
 
     mask = cfg.data.mask
     result = {

@@ -440,12 +440,9 @@ def refresh_certificates(convs: nn.Module | Iterable[nn.Module]) -> None:
     # Never inference tensors (e.g. first computed in a validation loop): training reuses them in autograd.
     with torch.inference_mode(False):
         for tolerance, group in by_tolerance.items():
-            weights = [conv.weight for conv in group]
-            batches = _batches(weights)
-            zero = sorted(set(range(len(group))) - {i for batch in batches for i in batch})
-            for batch in [*batches, zero]:  # set each batch's certificates at once: bounded memory
-                for i, cert in zip(batch, certified_conv_norms([weights[i] for i in batch], tolerance)):
-                    group[i]._set_certificate(cert)
+            # certified_conv_norms batches the kernels itself (bounded working memory per batch).
+            for conv, cert in zip(group, certified_conv_norms([conv.weight for conv in group], tolerance)):
+                conv._set_certificate(cert)
 
 
 def _per_conv_bound(lipschitz: float, num_blocks: int) -> float:

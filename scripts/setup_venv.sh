@@ -44,7 +44,16 @@ else
     fi
 fi
 
-# The package itself, editable, without touching the dependencies.
-if ! .venv/bin/python -c "import mrirecon" 2>/dev/null; then
-    .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+# The package itself, editable: a .pth entry puts this clone on the venv's path (what an editable
+# install does), so `import mrirecon` works from any folder. Checked from outside the clone: from its
+# root the import would succeed without it.
+venv_python="$PWD/.venv/bin/python"
+if ! (cd / && "$venv_python" -c "import mrirecon") 2>/dev/null; then
+    site=$("$venv_python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+    echo "$PWD" > "$site/_mrirecon_src.pth"
+fi
+# torchrun lives in the cached dependencies' bin/, which this venv does not use: the same launcher here.
+if [[ ! -x .venv/bin/torchrun ]]; then
+    printf '#!/bin/sh\nexec "%s" -m torch.distributed.run "$@"\n' "$venv_python" > .venv/bin/torchrun
+    chmod +x .venv/bin/torchrun
 fi

@@ -21,8 +21,8 @@ def test_overrides_merge_into_named_dicts():
 
 
 def test_changing_prox_kind_drops_old_settings():
-    cfg = load_config(None, ["model.prox={name: unet, channels: 8}"])
-    assert cfg.model.prox == {"name": "unet", "channels": 8}
+    cfg = load_config(None, ["model.prox={name: unet, base_channels: 8}"])
+    assert cfg.model.prox == {"name": "unet", "base_channels": 8}
 
 
 @pytest.mark.parametrize(

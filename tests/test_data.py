@@ -1,12 +1,14 @@
 """Datasets, transforms and cached coil maps on synthetic files in the real layouts."""
+import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from mrirecon.data.coil_maps import cache_maps
+from mrirecon.data.coil_maps import EspiritSettings, MapCache, cache_maps
 from mrirecon.data.datasets import ReconDataset
 from mrirecon.data.errors import DataError
 from mrirecon.data.subsample import build_mask_func
@@ -23,7 +25,8 @@ MASKS = {
 
 def dataset(root, kind, split="train", deterministic=True, **kw):
     mask = build_mask_func(kw.pop("mask", MASKS[kind]))
-    t = ReconTransform(mask, deterministic=deterministic, seed=0, maps=kw.pop("maps", "file"))
+    t = ReconTransform(mask, deterministic=deterministic, seed=0, maps=kw.pop("maps", "file"),
+                       target=kw.pop("target", "rss"))
     return ReconDataset(root / split, kind, transform=t, **kw)
 
 
@@ -107,9 +110,9 @@ def test_cine_masks_differ_across_frames(synthetic):
 
 def test_online_maps_close_to_cached(synthetic):
     root = synthetic("knee2d")
-    cached = dataset(root, "knee2d")[0]
+    cached = dataset(root, "knee2d", target="sense")[0]
     wide_acs = {"type": "random", "center_fractions": [0.5], "accelerations": [2]}  # 16 calibration lines
-    online = dataset(root, "knee2d", maps="online", mask=wide_acs)[0]
+    online = dataset(root, "knee2d", maps="online", mask=wide_acs, target="sense")[0]
     # maps are defined up to a global phase per pixel; compare the SENSE images' magnitudes
     a, b = cached.target.abs() * cached.scale, online.target.abs() * online.scale
     assert float((a - b).norm() / a.norm()) < 0.1
@@ -180,7 +183,9 @@ def test_nan_kspace_is_reported(synthetic, tmp_path):
         k = f["kspace"][()]
         k[0, 0, 3, 3] = np.nan
         f["kspace"][...] = k
-    ds = dataset(d.parent, "knee2d", split="split")
+    with pytest.raises(DataError, match=rf"{bad.name} \[kspace\]: slice 0: 1 NaN/Inf"):
+        dataset(d.parent, "knee2d", split="split")  # found when the dataset is built, before any work
+    ds = dataset(d.parent, "knee2d", split="split", scan_values=False)  # the value scan skipped: found on read
     with pytest.raises(DataError, match=rf"{bad.name}.*NaN or Inf"):
         ds[0]
 
@@ -194,12 +199,11 @@ def test_missing_maps_explains_how_to_compute(synthetic, tmp_path):
         ReconDataset(d, "knee2d", require_maps=True)
 
 
-def test_cache_maps_is_atomic_and_skips_done_files(synthetic, tmp_path, monkeypatch):
+def test_cache_maps_writes_only_the_cache_atomically_and_skips_done_files(synthetic, tmp_path, monkeypatch):
     d = _copy_split(synthetic, "knee2d", tmp_path)
     files = sorted(d.glob("*.h5"))
-    with h5py.File(files[0], "r+") as f:
-        del f["espirit_maps"]
-    before = files[0].read_bytes()
+    before = {p.name: p.read_bytes() for p in files}
+    cache = tmp_path / "cache"
     import mrirecon.data.coil_maps as cm
 
     def boom(*a, **k):
@@ -207,14 +211,147 @@ def test_cache_maps_is_atomic_and_skips_done_files(synthetic, tmp_path, monkeypa
 
     monkeypatch.setattr(cm, "compute_file_maps", boom)
     with pytest.raises(RuntimeError):
-        cache_maps(d, kind="knee2d", calib_width=12)
-    assert files[0].read_bytes() == before  # untouched, no temp files left behind
-    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in files)
+        cache_maps(d, kind="knee2d", calib_width=12, cache=cache, verbose=False)
+    assert not cache.exists() or not any(cache.iterdir())  # nothing half-written
     monkeypatch.undo()
-    status = cache_maps(d, kind="knee2d", calib_width=12, verbose=False)
-    assert sum("skipped" in s for s in status) == len(files) - 1
-    with h5py.File(files[0]) as f:
+    status = cache_maps(d, kind="knee2d", calib_width=12, cache=cache, verbose=False)
+    assert all("cached in" in line for line in status) and len(list(cache.glob("*.h5"))) == len(files)
+    assert all("skipped" in line for line in cache_maps(d, kind="knee2d", calib_width=12, cache=cache,
+                                                        verbose=False))
+    assert {p.name: p.read_bytes() for p in files} == before  # the data files were only read
+    mc = MapCache(cache, EspiritSettings(calib_width=12))
+    with h5py.File(mc.lookup(files[0], "knee2d")) as f:
         assert f["espirit_maps"].shape == (2, 1, 4, 64, 32) and f["espirit_maps"].attrs["calib_width"] == 12
+
+
+def test_cache_key_follows_file_identity_and_espirit_settings(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    path = sorted(d.glob("*.h5"))[0]
+    a = MapCache(tmp_path, EspiritSettings(calib_width=12))
+    key = a.key(path, "knee2d")
+    assert MapCache(tmp_path, EspiritSettings(calib_width=12)).key(path, "knee2d") == key
+    assert MapCache(tmp_path, EspiritSettings(calib_width=16)).key(path, "knee2d") != key
+    assert MapCache(tmp_path, EspiritSettings(calib_width=12, num_maps=2)).key(path, "knee2d") != key
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # the file changed: its maps are stale
+    assert a.key(path, "knee2d") != key
+
+
+def test_missing_maps_are_built_in_the_cache_and_equal_embedded_maps(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    embedded = ReconDataset(d, "knee2d", require_maps=True).read(1).maps
+    for p in d.glob("*.h5"):
+        with h5py.File(p, "r+") as f:
+            del f["espirit_maps"]
+    ds = ReconDataset(d, "knee2d", require_maps=True, progress=False,
+                      maps_cache=MapCache(tmp_path / "cache", EspiritSettings(calib_width=12)))
+    assert all(fi.maps_path.parent == tmp_path / "cache" for fi in ds.files)
+    np.testing.assert_array_equal(ds.read(1).maps, embedded)
+
+
+def test_concurrent_builders_of_the_same_maps_leave_one_complete_file(synthetic, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = sorted((synthetic("knee2d") / "train").glob("*.h5"))[0]
+    mc = MapCache(tmp_path, EspiritSettings(calib_width=12))
+    with ThreadPoolExecutor(2) as ex:
+        out = list(ex.map(lambda _: mc.build(path, "knee2d"), range(2)))
+    assert out[0] == out[1] and sorted(p.name for p in tmp_path.iterdir()) == [out[0].name]
+    with h5py.File(out[0]) as f:
+        assert f["espirit_maps"].shape[:2] == (2, 1)
+
+
+def _no_writes_under(folder, monkeypatch):
+    """Fail on any h5py open of a file under `folder` in a mode other than read."""
+    real = h5py.File
+
+    def guarded(name, mode="r", *a, **k):
+        if isinstance(name, (str, os.PathLike)) and str(Path(name).resolve()).startswith(str(folder.resolve())):
+            assert mode == "r", f"{name} opened with mode {mode!r}"
+        return real(name, mode, *a, **k)
+
+    monkeypatch.setattr(h5py, "File", guarded)
+
+
+def test_read_only_data_folder_trains_and_evaluates_and_stays_byte_identical(synthetic, tmp_path, monkeypatch):
+    from mrirecon.config import load_config
+    from mrirecon.evaluation.runner import evaluate
+    from mrirecon.training.run import train
+
+    root = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        shutil.copytree(synthetic("knee2d") / split, root / split)
+    for p in root.rglob("*.h5"):
+        with h5py.File(p, "r+") as f:
+            del f["espirit_maps"]  # raw files, as acquired
+    before = {p: p.read_bytes() for p in root.rglob("*.h5")}
+    for p in [*root.rglob("*.h5"), *root.rglob("*")][::-1]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    root.chmod(0o555)
+    _no_writes_under(root, monkeypatch)
+    try:
+        cfg = load_config("configs/knee2d.yaml", [
+            f"data.root={root}", f"data.maps_cache={tmp_path / 'cache'}", "data.espirit={calib_width: 12}",
+            f"output_dir={tmp_path / 'runs'}", "train.max_epochs=1", "model.num_unrolls=2", "model.prox.channels=8",
+            "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}"])
+        run = train(cfg, enable_progress_bar=False)
+        assert run.last_checkpoint and np.isfinite(run.best_score)
+        result = evaluate(cfg, root / "test", tmp_path / "out", method="zero_filled", num_figures=0, progress=False)
+        assert result["num_volumes"] == len(list((root / "test").glob("*.h5")))
+    finally:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert {p: p.read_bytes() for p in root.rglob("*.h5")} == before
+
+
+def test_online_maps_adapt_to_fastmri_brain_4_percent_calibration(tmp_path):
+    """4% of 128 columns = 5 calibration lines: the kernel shrinks to fit, maps agree with full-data maps."""
+    from mrirecon.data.synthetic import generate
+
+    generate("brain2d", tmp_path, volumes=1, seed=1, coils=4, slices=1, size=(24, 128))
+    brain4 = {"type": "random", "center_fractions": [0.04], "accelerations": [4]}
+    full = dataset(tmp_path, "brain2d", mask=brain4, target="sense", require_maps=True,
+                   maps_cache=MapCache(tmp_path / "cache"))[0]
+    online = dataset(tmp_path, "brain2d", maps="online", mask=brain4, target="sense")[0]
+    assert acs_width(online.mask) == 5
+    a, b = full.target.abs() * full.scale, online.target.abs() * online.scale
+    inside = a > 0.2 * a.max()
+    assert float((a - b)[inside].norm() / a[inside].norm()) < 0.1
+
+
+def test_online_maps_refuse_a_two_line_calibration_region_naming_the_file(synthetic, tmp_path):
+    d = _copy_split(synthetic, "knee2d", tmp_path)
+    with h5py.File(sorted(d.glob("*.h5"))[0], "r+") as f:
+        mask = np.zeros(32, np.float32)
+        mask[15:17] = 1
+        mask[::3] = 1
+        f["mask"] = mask
+    ds = dataset(d.parent, "knee2d", split="split", maps="online")
+    with pytest.raises(DataError, match=r"calibration region is 2 line\(s\) wide"):
+        ds[0]
+
+
+def test_rss_target_is_the_files_reconstruction_rss(synthetic):
+    """data.target=rss: the target's RSS over maps is fastMRI's reconstruction_rss (noise floor included)."""
+    ds = dataset(synthetic("knee2d"), "knee2d", target="rss")
+    s = ds[1]
+    with h5py.File(ds.files[0].path) as f:
+        rss = f["reconstruction_rss"][1]
+    mag = (torch.sqrt((s.target.abs() ** 2).sum(0)) * s.scale).numpy()
+    np.testing.assert_allclose(mag, rss, rtol=0, atol=2e-6 * rss.max())
+    outside = s.maps.abs().sum((0, 1)) == 0
+    assert outside.any() and (mag[outside.numpy()] > 0).all()  # the background is RSS noise, not zero
+
+
+def test_sense_target_is_the_sense_image_of_the_full_kspace(synthetic):
+    ds = dataset(synthetic("knee2d"), "knee2d", target="sense")
+    s = ds[0]
+    raw = ds.read(0)
+    from mrirecon.data.transforms import crop_readout
+
+    full, maps = crop_readout(raw.kspace, raw.readout_crop, raw.maps)
+    want = SenseOp(torch.from_numpy(maps)[None], torch.ones(1), 2).H(torch.from_numpy(full)[None])[0]
+    torch.testing.assert_close(s.target * s.scale, want, rtol=0, atol=1e-6 * float(want.abs().max()))
 
 
 def test_acquisition_filter(synthetic):

@@ -10,7 +10,7 @@ import torch
 from mrirecon.models import UnrolledNet, build_prox, register_prox, registered_prox
 from mrirecon.models import registry
 from mrirecon.models.prox import ResNetProx, SpectralNormConv, UNetProx
-from mrirecon.models.prox.resnet import certified_conv_norm, certified_conv_norms
+from mrirecon.models.prox.conv_norm import certified_conv_norm, certified_conv_norms
 from mrirecon.models.unrolled import (gradient_step, gradient_step_inverse, modl_data_consistency,
                                       modl_data_consistency_inverse)
 from mrirecon.physics import SenseOp

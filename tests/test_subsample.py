@@ -256,3 +256,24 @@ def test_incompatible_shapes_raise_value_error():
         RandomMask1D([0.08], [4])((32,), seed=0)
     with pytest.raises(ValueError, match="center_fractions"):
         RandomMask1D([0.01], [4])((1, 1, 32), seed=0)  # round(0.32) = 0 centre lines
+
+
+def test_poisson_masks_are_cached_per_seed_and_shape_and_identical_to_uncached():
+    import time
+
+    from mrirecon.data.subsample import _poisson_disc, _poisson_mask
+
+    mf = PoissonMask2D([4], calib_size=(8, 8))
+    _poisson_mask.cache_clear()
+    for seed in (3, 11):
+        uncached, accel = _poisson_disc(40, 32, 4.0, (8, 8), seed, True, mf.max_attempts, mf.tol)
+        first = mf((4, 40, 32), seed=seed)
+        start = time.perf_counter()
+        again = mf((4, 40, 32), seed=seed)  # every ky-kz slice of a validation file: same seed, same shape
+        cached_s = time.perf_counter() - start
+        assert torch.equal(first.mask[0], torch.from_numpy(uncached.astype(np.float32)))
+        assert torch.equal(first.mask, again.mask) and first.acceleration == again.acceleration == accel
+        assert cached_s < 2e-3
+    assert _poisson_mask.cache_info().hits == 2 and _poisson_mask.cache_info().misses == 2
+    again.mask.zero_()  # a caller editing its mask does not edit the cache
+    assert mf((4, 40, 32), seed=11).mask.sum() > 0

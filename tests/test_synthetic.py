@@ -267,3 +267,11 @@ def test_defaults_match_the_documented_demo_sizes():
     assert (DEFAULTS["cine"]["slices"], DEFAULTS["cine"]["frames"], DEFAULTS["cine"]["size"]) == (2, 12, (64, 64))
     assert all(d["coils"] == 8 and d["volumes"] == 10 for d in DEFAULTS.values())
     assert KNEE3D.acquisitions == ("3D-FSE",) and CINE.acquisitions == ("CINE",)
+
+
+def test_undersampled_test_split_is_only_for_fastmri_layouts_and_fastmris_accelerations(tmp_path):
+    with pytest.raises(ValueError, match="knee2d and brain2d"):
+        generate("knee3d", tmp_path / "a", volumes=3, undersampled_test=4)
+    with pytest.raises(ValueError, match="acceleration 6"):
+        generate("knee2d", tmp_path / "b", volumes=3, coils=2, slices=1, size=(16, 16), undersampled_test=6)
+    assert not (tmp_path / "b").exists()  # refused before any folder or file is written

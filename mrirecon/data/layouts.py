@@ -9,7 +9,8 @@ fastMRI multi-coil (knee2d, brain2d), exactly as distributed by fastMRI:
     ismrmrd_header      bytes (XML)                       encodedSpace/reconSpace matrix sizes,
                                                           encodingLimits/kspace_encoding_step_1 center/maximum
     attrs               acquisition (str), max (float), norm (float), patient_id (str)
-    mask                float32 (W,) optional             only in fastMRI's undersampled test/challenge files
+    mask                bool/float (W,) optional          only in fastMRI's undersampled test/challenge files,
+                                                          with attrs acceleration, num_low_frequency
 
 mridata-style 3D (knee3d): the readout is fully sampled and already inverse-Fourier-transformed
 (hybrid space), so each readout position is an independent ky-kz problem (GLEAM, meddlr):
@@ -22,7 +23,7 @@ Cine 2D+t (modelled on CMRxRecon's `kspace_full` (t, sz, sc, ky, kx), re-ordered
     reconstruction_rss  float32   (slices, frames, H, W)
     attrs               acquisition="CINE", max, norm, patient_id, frame_period_ms (float)
 
-Cached coil sensitivities (written by `python -m mrirecon.data.coil_maps`, any layout):
+Coil sensitivities (in the maps cache, `mrirecon.data.coil_maps`; files of earlier versions hold them too):
     espirit_maps        complex64 (slices, maps, coils, *spatial of one slice): fastMRI (S, M, C, H, W),
                         knee3d one set per ky-kz slice (X, M, C, Ky, Kz), cine (S, M, C, H, W) shared
                         by all frames

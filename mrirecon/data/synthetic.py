@@ -38,8 +38,8 @@ KINDS = ("knee2d", "brain2d", "knee3d", "cine")
 # Small enough that a demo trains on a 2-core CPU in minutes. size: recon (rH, rW) for knee2d/brain2d
 # (k-space is (2 rH, rW): readout 2x oversampled), (X, Ky, Kz) for knee3d, (H, W) for cine.
 DEFAULTS: dict[str, dict] = {
-    "knee2d": dict(volumes=10, coils=8, slices=8, size=(64, 64), noise=0.01),
-    "brain2d": dict(volumes=10, coils=8, slices=8, size=(64, 64), noise=0.01),
+    "knee2d": dict(volumes=10, coils=8, slices=8, size=(64, 64), noise=0.01, zoom=1.0),
+    "brain2d": dict(volumes=10, coils=8, slices=8, size=(64, 64), noise=0.01, zoom=1.0),
     "knee3d": dict(volumes=10, coils=8, size=(32, 64, 48), noise=0.01),
     "cine": dict(volumes=10, coils=8, slices=2, frames=12, size=(64, 64), noise=0.01),
 }
@@ -112,14 +112,15 @@ def _coil_maps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 def _fastmri_volume(kind: str, rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
     """knee2d / brain2d: image at recon size in a 2x longer readout FOV; target cropped back (fastMRI)."""
     slices, coils, (rH, rW) = cfg["slices"], cfg["coils"], cfg["size"]
+    # zoom > 1: a smaller field of view on the same anatomy (it looks larger); same random draws.
     if kind == "knee2d":
         acq = str(rng.choice(KNEE_ACQUISITIONS))
-        img = phantoms.knee2d(rng, slices, (rH, rW), acq)
-        fov = phantoms.KNEE_FOV_MM
+        fov = phantoms.KNEE_FOV_MM / cfg.get("zoom", 1.0)
+        img = phantoms.knee2d(rng, slices, (rH, rW), acq, fov_mm=fov)
     else:
         acq = str(rng.choice(list(BRAIN_ACQUISITIONS), p=list(BRAIN_ACQUISITIONS.values())))
-        img = phantoms.brain2d(rng, slices, (rH, rW), acq)
-        fov = phantoms.BRAIN_FOV_MM
+        fov = phantoms.BRAIN_FOV_MM / cfg.get("zoom", 1.0)
+        img = phantoms.brain2d(rng, slices, (rH, rW), acq, fov_mm=fov)
     H, W = 2 * rH, rW
     full = np.zeros((slices, H, W), np.complex64)
     full[:, (H - rH) // 2:(H - rH) // 2 + rH] = img
@@ -171,12 +172,13 @@ def make_volume(kind: str, index: int, seed: int = 0, **settings) -> tuple[dict[
 
 
 def _config(kind: str, volumes: int | None = None, coils: int | None = None, slices: int | None = None,
-            frames: int | None = None, size: tuple[int, ...] | None = None, noise: float | None = None) -> dict:
+            frames: int | None = None, size: tuple[int, ...] | None = None, noise: float | None = None,
+            zoom: float | None = None) -> dict:
     """Defaults of `kind` overridden by the given settings, validated (ValueError names the setting)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     cfg = dict(DEFAULTS[kind])
-    given = dict(volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise)
+    given = dict(volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise, zoom=zoom)
     for name, value in given.items():
         if value is None:
             continue
@@ -193,7 +195,33 @@ def _config(kind: str, volumes: int | None = None, coils: int | None = None, sli
                          f"({'X Ky Kz' if want == 3 else 'H W'}), got {cfg['size']}")
     if not (cfg["noise"] >= 0 and np.isfinite(cfg["noise"])):
         raise ValueError(f"--noise must be a finite number >= 0, got {cfg['noise']!r}")
+    if "zoom" in cfg and not (cfg["zoom"] > 0 and np.isfinite(cfg["zoom"])):
+        raise ValueError(f"--zoom must be a finite number > 0, got {cfg['zoom']!r}")
     return cfg
+
+
+# fastMRI's pairs of acceleration and centre fraction (4x: 8% of the columns, 8x: 4%).
+TEST_CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
+
+
+def undersample_for_test(data: dict, attrs: dict, name: str, acceleration: int) -> tuple[dict, dict]:
+    """A fastMRI test/challenge file from a fully sampled one: k-space zeroed outside a random column
+    mask (seeded from `name`), dataset `mask` (W,) bool, attrs `acceleration` and `num_low_frequency`,
+    no `reconstruction_rss` (nor its max / norm attrs)."""
+    import torch
+
+    from .subsample import RandomMask1D, apply_mask, seed_from_name
+
+    if acceleration not in TEST_CENTER_FRACTIONS:
+        raise ValueError(f"--undersampled-test: acceleration {acceleration} is not one of fastMRI's "
+                         f"{sorted(TEST_CENTER_FRACTIONS)}")
+    kspace = data[KSPACE]
+    width = kspace.shape[-1]
+    m = RandomMask1D([TEST_CENTER_FRACTIONS[acceleration]], [acceleration])(kspace.shape[1:], seed=seed_from_name(name))
+    under = apply_mask(torch.from_numpy(kspace), m.mask).numpy()
+    out = {KSPACE: under, "mask": m.mask.reshape(width).numpy() > 0, HEADER: data[HEADER]}
+    kept = {k: v for k, v in attrs.items() if k not in ("max", "norm")}
+    return out, {**kept, "acceleration": int(acceleration), "num_low_frequency": int(m.num_low_frequencies)}
 
 
 def _write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict) -> None:
@@ -224,26 +252,38 @@ def _prepare_folders(out: Path, overwrite: bool) -> dict[str, Path]:
 def generate(kind: str, out: str | os.PathLike, volumes: int | None = None, seed: int = 0, *,
              coils: int | None = None, slices: int | None = None, frames: int | None = None,
              size: tuple[int, ...] | None = None, noise: float | None = None,
-             overwrite: bool = False) -> dict[str, list[Path]]:
+             overwrite: bool = False, progress: bool = False, zoom: float | None = None,
+             undersampled_test: int | None = None) -> dict[str, list[Path]]:
     """Write a synthetic `kind` dataset under out/{train,val,test}; returns the files per split.
 
     Unset settings take DEFAULTS[kind]. Raises FileExistsError (naming the folder) when a split folder is
     not empty and `overwrite` is False; with `overwrite`, the .h5 files already there are removed first.
-    The same (kind, seed, settings) always gives byte-identical arrays."""
-    cfg = _config(kind, volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise)
+    The same (kind, seed, settings) always gives byte-identical arrays. `progress`: a progress bar over
+    the volumes (on a terminal). `undersampled_test` (knee2d/brain2d: 4 or 8): the test split is written
+    as fastMRI's test/challenge files are (`undersample_for_test`), to be reconstructed, not scored."""
+    cfg = _config(kind, volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise,
+                  zoom=zoom)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
     n = cfg.pop("volumes")
+    if undersampled_test is not None and kind not in ("knee2d", "brain2d"):
+        raise ValueError(f"--undersampled-test applies to knee2d and brain2d (fastMRI's layout), not {kind}")
+    if undersampled_test is not None and undersampled_test not in TEST_CENTER_FRACTIONS:
+        raise ValueError(f"--undersampled-test: acceleration {undersampled_test} is not one of fastMRI's "
+                         f"{sorted(TEST_CENTER_FRACTIONS)}")  # checked before any file is written
     folders = _prepare_folders(Path(out), overwrite)
     files: dict[str, list[Path]] = {split: [] for split in SPLITS}
-    index = 0
-    for split, count in zip(SPLITS, split_counts(n)):
-        for _ in range(count):
-            data, attrs = make_volume(kind, index, seed, **cfg)
-            path = folders[split] / f"{kind}_{index:03d}.h5"
-            _write_h5(path, data, attrs)
-            files[split].append(path)
-            index += 1
+    from tqdm import tqdm
+
+    splits = [split for split, count in zip(SPLITS, split_counts(n)) for _ in range(count)]
+    for index, split in enumerate(tqdm(splits, desc=f"synthetic {kind}", unit="volume",
+                                       disable=None if progress else True)):
+        data, attrs = make_volume(kind, index, seed, **cfg)
+        path = folders[split] / f"{kind}_{index:03d}.h5"
+        if split == "test" and undersampled_test is not None:
+            data, attrs = undersample_for_test(data, attrs, path.name, undersampled_test)
+        _write_h5(path, data, attrs)
+        files[split].append(path)
     return files
 
 
@@ -256,7 +296,8 @@ def summary(files: dict[str, list[Path]]) -> str:
         shapes = ""
         if paths:
             with h5py.File(paths[0], "r") as hf:
-                shapes = f"  kspace {hf[KSPACE].shape} {hf[KSPACE].dtype}, {TARGET} {hf[TARGET].shape}"
+                ref = f"{TARGET} {hf[TARGET].shape}" if TARGET in hf else f"mask {hf['mask'].shape} (undersampled)"
+                shapes = f"  kspace {hf[KSPACE].shape} {hf[KSPACE].dtype}, {ref}"
         folder = paths[0].parent if paths else split
         lines.append(f"{split:>5}: {len(paths):3d} files in {folder}{shapes}")
     lines.append(f"total {total / 2**20:.1f} MiB")
@@ -292,7 +333,16 @@ def _parser() -> argparse.ArgumentParser:
                         "X Ky Kz for knee3d, H W for cine")
     p.add_argument("--noise", type=float, metavar="SIGMA",
                    help="k-space noise std relative to the image maximum (complex, E|n|^2 = sigma^2)")
+    p.add_argument("--zoom", type=float, metavar="Z",
+                   help="knee2d/brain2d: field of view divided by Z, so the anatomy looks Z times larger (default 1)")
+    p.add_argument("--undersampled-test", type=int, metavar="R", choices=sorted(TEST_CENTER_FRACTIONS),
+                   help="knee2d/brain2d: write the test split as fastMRI's test files (undersampled k-space at R, "
+                        "its `mask`, no reconstruction_rss)")
+    p.add_argument("--layout", choices=("h5", "cmrxrecon"), default="h5",
+                   help="cine only: cmrxrecon writes the CMRxRecon challenge layout (MATLAB v7.3 .mat files in "
+                        "MultiCoil/Cine/TrainingSet/{FullSample,AccFactor04,08,10}/Pnnn, mrirecon/data/cmrxrecon.py)")
     p.add_argument("--overwrite", action="store_true", help="replace .h5 files in non-empty split folders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -301,10 +351,26 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
     parser = _parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.layout == "cmrxrecon":  # the CMRxRecon challenge layout (issue 12)
+        from .cmrxrecon import generate_cmrxrecon
+
+        if args.kind != "cine" or args.zoom is not None or args.undersampled_test is not None:
+            parser.exit(2, f"{parser.prog}: error: --layout cmrxrecon writes cine data only (--kind cine, "
+                        "no --zoom / --undersampled-test)\n")
+        try:
+            files = generate_cmrxrecon(args.out, args.volumes, args.seed, overwrite=args.overwrite, coils=args.coils,
+                                       slices=args.slices, frames=args.frames, noise=args.noise,
+                                       size=None if args.size is None else tuple(args.size))
+        except (ValueError, FileExistsError) as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+        print(f"cine (cmrxrecon layout): wrote {sum(map(len, files.values()))} patients in "
+              f"{time.perf_counter() - start:.1f} s under {args.out}/{{train,val,test}}/MultiCoil/Cine/TrainingSet")
+        return files
     try:
         files = generate(args.kind, args.out, args.volumes, args.seed, coils=args.coils, slices=args.slices,
                          frames=args.frames, size=None if args.size is None else tuple(args.size),
-                         noise=args.noise, overwrite=args.overwrite)
+                         noise=args.noise, overwrite=args.overwrite, progress=not args.no_progress, zoom=args.zoom,
+                         undersampled_test=args.undersampled_test)
     except (ValueError, FileExistsError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"{args.kind}: wrote {sum(map(len, files.values()))} volumes in {time.perf_counter() - start:.1f} s")

@@ -5,7 +5,10 @@ A sample holds one slice (2D, ky-kz slice of 3D data, a cine slice with all fram
     kspace (C, *S) complex64  undersampled, normalised
     mask   float32 broadcastable to kspace (singleton coil dim)
     maps   (M, C, *S) complex64 (cine: (M, C, 1, H, W), shared over frames)
-    target (M, *S) complex64  fully sampled SENSE image A^H y (normalised); empty if unknown
+    target (M, *S) complex64  the reference image (normalised); empty if unknown (undersampled files):
+                              "sense": the fully sampled SENSE image A^H y (GLEAM's, meddlr's convention);
+                              "rss": the same image rescaled so that its RSS over maps is the RSS of the
+                              fully sampled coil images (fastMRI's `reconstruction_rss`), see `rss_target`
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ class RawSlice(NamedTuple):
     slice_num: int
     readout_crop: int | None      # recon height: crop the fully sampled readout (dim -2) to it
     fft_ndim: int
+    # kspace is fully sampled although `mask` is given: the acquired mask of a dataset that ships both
+    # (CMRxRecon FullSample + AccFactor masks); the target is then the fully sampled image
+    reference: bool = False
 
 
 def crop_readout(kspace: np.ndarray, height: int, maps: np.ndarray | None = None):
@@ -57,6 +63,27 @@ def crop_readout(kspace: np.ndarray, height: int, maps: np.ndarray | None = None
     if maps is not None:
         maps = maps[..., start : start + height, :]
     return kspace, maps
+
+
+TARGETS = ("rss", "sense")
+
+
+def rss_target(sense: Tensor, coil_images: Tensor) -> Tensor:
+    """The SENSE image (M, *S) rescaled per pixel so that its RSS over maps equals the RSS of the coil
+    images (C, *S): fastMRI's reference (`reconstruction_rss`, which keeps the background noise floor) with
+    the SENSE image's phase. Where the SENSE image is zero (outside cropped ESPIRiT maps) the value is put,
+    real and positive, into map 0, so the background is a learnable, deterministic image.
+
+    A network trained on it outputs an image whose magnitude (RSS over maps) estimates
+    `reconstruction_rss` itself, so fastMRI's evaluator scores the written prediction, that magnitude,
+    against the image it was trained to produce (tests/test_metrics.py recomputes it with `fastmri`).
+    """
+    rss = torch.sqrt((coil_images.abs() ** 2).sum(0))
+    norm = torch.sqrt((sense.abs() ** 2).sum(0))
+    inside = norm > 1e-12 * float(norm.max().clamp_min(1e-30))
+    out = torch.where(inside, sense * (rss / torch.where(inside, norm, torch.ones_like(norm))), 0)
+    out[0] = torch.where(inside, out[0], rss.to(out.dtype))
+    return out
 
 
 def acs_width(mask: Tensor) -> int:
@@ -84,13 +111,18 @@ class ReconTransform:
       name so every run and every process sees the same mask; training masks are seeded from
       (seed, epoch, file, slice) so a seed reproduces a run regardless of the number of workers.
     maps: "file" (cached ESPIRiT maps, see `python -m mrirecon.data.coil_maps`) or "online"
-      (ESPIRiT from the acquired auto-calibration region of each sample).
+      (ESPIRiT from the acquired auto-calibration region of each sample; the kernel shrinks to fit a few
+      calibration lines, see `coil_maps.calibration_region`).
+    target: "rss" (fastMRI's reference, default) or "sense" (GLEAM's), see the module docstring.
     """
 
     def __init__(self, mask_func: MaskFunc | None, deterministic: bool, seed: int = 0,
-                 maps: str = "file", espirit: dict | None = None):
+                 maps: str = "file", espirit: dict | None = None, target: str = "rss"):
         if maps not in ("file", "online"):
             raise ValueError(f"maps must be 'file' or 'online', got {maps!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.target = target
         self.mask_func = mask_func
         self.deterministic = deterministic
         self.seed = seed
@@ -124,9 +156,10 @@ class ReconTransform:
         under = apply_mask(full, mask)
         if self.maps == "online":
             width = acs_width(mask)
-            if width <= self.espirit.get("kernel_width", 4):
-                raise DataError(raw.fname, f"mask's calibration region ({width} lines) too small for online ESPIRiT")
-            maps = self._online_maps(under.numpy(), width, raw.fft_ndim)
+            try:
+                maps = self._online_maps(under.numpy(), mask, raw.fft_ndim)
+            except ValueError as e:
+                raise DataError(raw.fname, f"online ESPIRiT: {e}", key="mask") from None
             if not np.abs(maps).max() > 0:
                 raise DataError(raw.fname, f"online ESPIRiT found no coil sensitivity in a {width}-line calibration "
                                 "region (too small for the kernel); use cached maps or a larger center fraction")
@@ -134,9 +167,11 @@ class ReconTransform:
             raise DataError(raw.fname, "no cached coil maps; run `python -m mrirecon.data.coil_maps --data DIR` "
                             "or set data.maps: online", key="espirit_maps")
         maps_t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.complex64))
-        A_full = SenseOp(maps_t[None], torch.ones(1), raw.fft_ndim)
-        if raw.mask is None:
-            target = A_full.H(full[None])[0]
+        if raw.mask is None or raw.reference:
+            coils = ifftc(full, ndim=raw.fft_ndim)  # once: the SENSE image A^H y and the RSS both use them
+            target = (maps_t.conj() * coils[None]).sum(1)
+            if self.target == "rss":
+                target = rss_target(target, coils)
         else:
             target = torch.empty(0, dtype=torch.complex64)  # pre-undersampled file: no reference
         zero_filled = SenseOp(maps_t[None], mask[None], raw.fft_ndim).H(under[None])[0]
@@ -146,15 +181,21 @@ class ReconTransform:
         return ReconSample(under / scale, mask, maps_t, target / scale, scale, accel, nominal, raw.fname,
                            raw.slice_num)
 
-    def _online_maps(self, under: np.ndarray, width: int, fft_ndim: int) -> np.ndarray:
+    def _online_maps(self, under: np.ndarray, mask: Tensor, fft_ndim: int) -> np.ndarray:
         from ..physics import espirit_maps
+        from .coil_maps import calibration_region
 
         # A smaller kernel than for cached maps: the acquired calibration region is often small.
         cfg = {"kernel_width": 4, **{k: v for k, v in self.espirit.items() if k != "calib_width"}}
+        kernel_width = cfg.pop("kernel_width")
+        if fft_ndim == 3:  # whole 3D volumes: the sampled centre cube
+            width = acs_width(mask)
+            return espirit_maps(under, calib_width=width, kernel_width=min(kernel_width, width - 1), **cfg)
+        calib, kernel = calibration_region(mask.numpy(), under.shape[-2:], 0, kernel_width)
         if under.ndim == 4 and fft_ndim == 2:  # cine (C, T, H, W): time-averaged k-space
             avg = under.sum(1) / np.maximum((np.abs(under) > 0).sum(1), 1)
-            return espirit_maps(avg, calib_width=width, **cfg)[:, :, None]
-        return espirit_maps(under, calib_width=width, **cfg)
+            return espirit_maps(avg, calib_width=calib, kernel_width=kernel, **cfg)[:, :, None]
+        return espirit_maps(under, calib_width=calib, kernel_width=kernel, **cfg)
 
 
 def to_numpy_magnitude(x: Tensor) -> np.ndarray:

@@ -23,14 +23,22 @@ DPI = 100
 ERROR_CMAP = "inferno"  # error maps: their own scale, in colour so they are not mistaken for images
 
 
-def _magnitude_volume(x: np.ndarray, name: str) -> np.ndarray:
+def magnitude_stack(x: np.ndarray, name: str, dims: str = "slices, H, W") -> np.ndarray:
+    """Magnitudes (float64, or the real input as is) with every axis of `dims`; the leading one (slices)
+    is added when the input lacks it. Errors name the input and the expected axes."""
     x = np.asarray(x)
     x = np.abs(x) if np.iscomplexobj(x) else x.astype(np.float64, copy=False)
-    if x.ndim == 2:
+    ndim = len(dims.split(","))
+    if x.ndim == ndim - 1:
         x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"{name} must be (slices, H, W) or (H, W), got shape {x.shape}")
+    if x.ndim != ndim:
+        inner = dims.split(",", 1)[1].strip()
+        raise ValueError(f"{name} must be ({dims}) or ({inner}), got shape {x.shape}")
     return x
+
+
+def _magnitude_volume(x: np.ndarray, name: str) -> np.ndarray:
+    return magnitude_stack(x, name)
 
 
 def _aligned(target, zero_filled, recon, crop: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,12 +3,17 @@
 A prediction file has the input file's name and one dataset `reconstruction`, float32 (slices, H, W)
 (cine: (slices, frames, H, W)); fastMRI's evaluate.py reads exactly that key from a file of the same name.
 Reports: `metrics.json` (summary over volumes) and `per_volume.csv` (one row per volume).
+
+metrics.json is always strict JSON: a non-finite number (a NaN reconstruction, an infinite PSNR) is
+written as null, and the top-level entry "nonfinite" maps its dotted key to "nan", "inf" or "-inf"
+(e.g. {"psnr.mean": "nan"}); the entry is absent when every number is finite.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -82,6 +87,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
 
 
+def finite_json(report: Mapping[str, Any]) -> tuple[dict, dict[str, str]]:
+    """(copy of `report` with non-finite floats replaced by None, {dotted key: "nan"/"inf"/"-inf"})."""
+    flagged: dict[str, str] = {}
+
+    def clean(value: Any, key: str) -> Any:
+        if isinstance(value, (np.generic, np.ndarray)):
+            value = value.tolist()
+        if isinstance(value, float) and not math.isfinite(value):
+            flagged[key] = str(value)
+            return None
+        if isinstance(value, Mapping):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return clean(report, ""), flagged
+
+
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     extra = [k for row in rows for k in row if k not in CSV_COLUMNS]
     fields = [c for c in CSV_COLUMNS if any(c in row for row in rows)] + list(dict.fromkeys(extra))
@@ -124,6 +148,9 @@ def write_metrics(
 
     out = Path(out_dir)
     json_path, csv_path = out / "metrics.json", out / "per_volume.csv"
-    write_text(json_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+    report, flagged = finite_json(report)
+    if flagged:
+        report["nonfinite"] = flagged
+    write_text(json_path, json.dumps(report, indent=2, default=_json_default, allow_nan=False) + "\n")
     write_text(csv_path, _csv_text(per_volume_rows))
     return json_path, csv_path

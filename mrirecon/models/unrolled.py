@@ -12,15 +12,14 @@ training strategy uses to rebuild activations instead of storing them.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..physics import SenseOp, channels_to_complex, complex_to_channels, conjugate_gradient
-from .prox.resnet import refresh_certificates
-from .registry import build_prox
+from .registry import build_prox, not_invertible_message, prepare_proxes
 
 DC_KINDS = ("pgd", "modl")
 
@@ -107,8 +106,10 @@ class Unroll(nn.Module):
         v = (I - alpha A^H A) x + alpha A^H y by a CG solve, which needs 0 < alpha < 1 / ||A^H A||.
         """
         if not self.is_invertible:
-            raise ValueError("unroll is not invertible: it needs an invertible prox (resnet with lipschitz < 1)"
-                             + (" and, for pgd, step_size_max" if self.dc == "pgd" else ""))
+            reasons = [] if getattr(self.prox, "is_invertible", False) else [not_invertible_message(self.prox)]
+            if self.dc == "pgd" and self.step_size_max is None:
+                reasons.append("dc: pgd needs step_size_max (the gradient step is invertible for alpha < 1/||A^H A||)")
+            raise ValueError("unroll is not invertible: " + "; ".join(reasons))
 
         def prox_inverse(z: Tensor) -> Tensor:
             x, _ = self.prox.inverse(complex_to_channels(z), iters=prox_iters, tol=prox_tol)
@@ -119,6 +120,23 @@ class Unroll(nn.Module):
         return gradient_step_inverse(prox_inverse(x_out), A, y, self.step_size, cg_iters, cg_tol)
 
 
+class AbsentUnroll(nn.Module):
+    """Stands in for an unroll that another process builds (a pipeline stage builds only its own unrolls),
+    so unroll indices and state-dict keys stay those of the whole network."""
+
+    is_invertible = False
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def forward(self, *args: Any) -> Tensor:
+        raise RuntimeError(f"unroll {self.index} is not built in this process (another pipeline stage owns it)")
+
+
+RunUnroll = Callable[[nn.Module, Tensor, SenseOp, Tensor], Tensor]
+
+
 class UnrolledNet(nn.Module):
     """N unrolls (PGD or MoDL) from the zero-filled image; one definition for every training strategy.
 
@@ -127,11 +145,16 @@ class UnrolledNet(nn.Module):
     step_size_max: PGD only; when set, alpha_k = step_size_max * sigmoid(raw) stays in (0, step_size_max)
     (the invertible strategy needs it <= 1 so the gradient step can be inverted); else alpha_k = softplus(raw).
     MoDL's lam_k = softplus(raw) > 0.
+    owned: the unrolls this process builds (default all); the others are `AbsentUnroll` placeholders. Each
+    unroll's initial weights come from its own seed (one draw from the global generator plus its index), so
+    they are the same whichever unrolls a process builds: a pipeline stage starts from exactly the weights
+    of the single-process network.
     """
 
     def __init__(self, num_unrolls: int, prox: dict[str, Any], dc: str = "pgd", share_weights: bool = False,
                  num_maps: int = 1, conv_dims: int = 2, fft_ndim: int = 2, step_size_init: float | None = None,
-                 lam_init: float = 4.0, cg_iters: int = 10, step_size_max: float | None = None):
+                 lam_init: float = 4.0, cg_iters: int = 10, step_size_max: float | None = None,
+                 owned: Iterable[int] | None = None):
         super().__init__()
         if not isinstance(num_unrolls, int) or isinstance(num_unrolls, bool) or num_unrolls < 1:
             raise ValueError(f"num_unrolls must be an integer >= 1, got {num_unrolls!r}")
@@ -160,15 +183,27 @@ class UnrolledNet(nn.Module):
         self.dc, self.share_weights, self.prox_cfg = dc, share_weights, dict(prox)
         self.step_size_max = step_size_max
 
-        def make_unroll() -> Unroll:
-            return Unroll(build_prox(prox, 2 * num_maps, conv_dims), dc, step_size_init, lam_init, cg_iters,
-                          step_size_max)
+        owned_set = set(range(num_unrolls)) if owned is None else set(owned)
+        if not owned_set <= set(range(num_unrolls)):
+            raise ValueError(f"owned unrolls {sorted(owned_set)} are not all in [0, {num_unrolls})")
+        if share_weights and len(owned_set) != num_unrolls:
+            raise ValueError("share_weights: a network with shared weights cannot be split across processes")
+        self.owned = sorted(owned_set)
+        base_seed = int(torch.randint(0, 2**62, (1,)).item())  # the only draw from the global generator
+
+        def make_unroll(index: int) -> nn.Module:
+            if index not in owned_set:
+                return AbsentUnroll(index)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(base_seed + index)
+                return Unroll(build_prox(prox, 2 * num_maps, conv_dims), dc, step_size_init, lam_init, cg_iters,
+                              step_size_max)
 
         if share_weights:
-            shared = make_unroll()
+            shared = make_unroll(0)
             self.unrolls = nn.ModuleList([shared] * num_unrolls)
         else:
-            self.unrolls = nn.ModuleList([make_unroll() for _ in range(num_unrolls)])
+            self.unrolls = nn.ModuleList([make_unroll(i) for i in range(num_unrolls)])
 
     @property
     def num_unrolls(self) -> int:
@@ -185,12 +220,13 @@ class UnrolledNet(nn.Module):
         return SenseOp(maps, mask, self.fft_ndim)
 
     def prepare(self, unrolls: Iterable[int] | None = None) -> None:
-        """Bring weight-derived state of the given unrolls (default: all) up to date at once before a
-        forward: the certified conv norms of Lipschitz-bounded proxes (`refresh_certificates`), batched
-        over the unrolls rather than per prox. Optional (each prox refreshes its own when needed); every
-        training strategy calls it for the unrolls it is about to run, so all pay the same."""
+        """Bring weight-derived state of the given unrolls' proxes (default: all) up to date at once before
+        a forward, through the prox interface (`ProxNet.prepare_all`, one call per prox class, so a class
+        can batch the work across unrolls). Optional (a prox prepares itself when needed); every training
+        strategy calls it for the unrolls it is about to run, so all pay the same."""
         idx = range(self.num_unrolls) if unrolls is None else unrolls
-        refresh_certificates([self.unrolls[i] for i in idx])
+        # Placeholders for unrolls built by another process have no prox.
+        prepare_proxes(self.unrolls[i].prox for i in idx if hasattr(self.unrolls[i], "prox"))
 
     def zero_filled(self, kspace: Tensor, maps: Tensor, mask: Tensor) -> Tensor:
         return self.sense(maps, mask).H(kspace)
@@ -201,10 +237,24 @@ class UnrolledNet(nn.Module):
         if not isinstance(k, int) or not 0 <= k <= self.num_unrolls:
             raise ValueError(f"num_unrolls must be an integer in [0, {self.num_unrolls}], got {num_unrolls!r}")
         A = self.sense(maps, mask)
-        x = A.H(kspace)
-        self.prepare(range(k))
-        for unroll in self.unrolls[:k]:
-            x = unroll(x, A, kspace)
+        return self.apply_unrolls(A.H(kspace), A, kspace, range(k))
+
+    def iter_unrolls(self, x: Tensor, A: SenseOp, y: Tensor, indices: range,
+                     run: RunUnroll | None = None) -> Iterator[tuple[int, Tensor]]:
+        """The one loop over unrolls: apply unrolls `indices` in order from x, yielding (number of unrolls
+        applied so far in the whole network, i.e. index + 1, image) after each. `run(unroll, x, A, y)`
+        computes one unroll (default: the unroll itself; gradient checkpointing wraps it). The unrolls'
+        weight-derived state is prepared once before the first."""
+        self.prepare(indices)
+        for i in indices:
+            unroll = self.unrolls[i]
+            x = unroll(x, A, y) if run is None else run(unroll, x, A, y)
+            yield i + 1, x
+
+    def apply_unrolls(self, x: Tensor, A: SenseOp, y: Tensor, indices: range, run: RunUnroll | None = None) -> Tensor:
+        """The image after unrolls `indices` (see `iter_unrolls`); x itself when `indices` is empty."""
+        for _, x in self.iter_unrolls(x, A, y, indices, run):
+            pass
         return x
 
     def num_parameters(self) -> int:

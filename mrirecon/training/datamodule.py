@@ -22,23 +22,32 @@ from ..data.transforms import ReconTransform
 
 class EpochSampler(Sampler[int]):
     """Shuffles with a permutation seeded by (seed, epoch) and tags each index with the epoch
-    (index + epoch * n), so the dataset can seed that epoch's masks without shared state."""
+    (index + epoch * n), so the dataset can seed that epoch's masks without shared state.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    Data parallel (`replicas` > 1, Lightning's DDP): replica r takes items r, r + R, ... of the epoch's
+    permutation, which is padded by its own first items to a multiple of R so every replica takes as many
+    steps (as torch's DistributedSampler does). The shards change every epoch with the permutation."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < replicas:
+            raise ValueError(f"rank {rank} out of range for {replicas} replicas")
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.replicas, self.rank = replicas, rank
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        order = range(self.n)
+        order = list(range(self.n))
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
+        if self.replicas > 1:
+            order = (order + order[:len(self) * self.replicas - self.n])[self.rank::self.replicas]
         return (i + self.epoch * self.n for i in order)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.replicas)
 
 
 class EpochTagged(Dataset):
@@ -74,12 +83,16 @@ class ReconDataModule(pl.LightningDataModule):
         key = f"{split}:{root}"
         if key not in self._datasets:
             d = self.cfg.data
+            from ..data.coil_maps import cache_for
+
             transform = ReconTransform(self.mask_func, deterministic=split != "train", seed=self.cfg.train.seed,
-                                       maps=d.maps)
+                                       maps=d.maps, espirit={**d.espirit, "num_maps": self.cfg.model.num_maps},
+                                       target=d.target)
             self._datasets[key] = ReconDataset(
                 root or self.split_dir(split), d.kind, transform=transform, volume=d.volume,
                 acquisitions=d.acquisitions, crop_readout=d.crop_readout, sample_rate=d.sample_rate,
-                require_maps=d.maps == "file")
+                require_maps=d.maps == "file", num_maps=self.cfg.model.num_maps, scan_values=d.scan_values,
+                maps_cache=cache_for(d, self.cfg.model.num_maps), maps_workers=max(1, d.num_workers))
         return self._datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -94,7 +107,10 @@ class ReconDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        return self._loader(EpochTagged(ds, ds.transform), sampler=EpochSampler(len(ds), self.cfg.train.seed))
+        trainer = getattr(self, "trainer", None)  # Lightning's DDP: this process's shard of every epoch
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(len(ds), self.cfg.train.seed, replicas=replicas, rank=rank)
+        return self._loader(EpochTagged(ds, ds.transform), sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"))

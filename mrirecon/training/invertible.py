@@ -46,12 +46,12 @@ def forward_without_activations(net: UnrolledNet, A: SenseOp, kspace: Tensor,
                                 keep_inputs: bool = False) -> tuple[Tensor, list[Tensor] | None]:
     """Run all unrolls without autograd; return the output (and, for debugging, every unroll's input)."""
     x = A.H(kspace)
-    inputs: list[Tensor] | None = [] if keep_inputs else None
-    net.prepare()
-    for unroll in net.unrolls:
+    inputs: list[Tensor] | None = [x] if keep_inputs else None
+    for _, x in net.iter_unrolls(x, A, kspace, range(net.num_unrolls)):
         if inputs is not None:
             inputs.append(x)
-        x = unroll(x, A, kspace)
+    if inputs is not None:
+        inputs.pop()  # the last output is no unroll's input
     return x, inputs
 
 

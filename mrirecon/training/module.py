@@ -11,10 +11,12 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from ..config import from_dict
+from ..config import GREEDY, Config, TrainConfig, from_dict
+from ..distributed.gradients import GradientAveraging, data_parallel_world
 from ..evaluation.metrics import evaluate_volume, summarize
 from ..evaluation.volumes import VolumeAccumulator
 from ..models.build import build_network
+from .guards import FiniteGuard
 from .losses import build_loss
 from .strategies import build_strategy
 
@@ -27,9 +29,10 @@ class ReconModule(pl.LightningModule):
         self.net = build_network(self.cfg)
         t = self.cfg.train
         strategy_cfg = dict(t.invertible) if t.strategy == "invertible" else {}
-        if t.strategy == "gleam":
-            strategy_cfg["num_modules"] = t.num_modules
-        self.strategy = build_strategy(t.strategy, self.net, **strategy_cfg)
+        name = t.strategy
+        if t.strategy in GREEDY:  # the pipeline trains the same GLEAM network; in one process it is GLEAM
+            name, strategy_cfg["num_modules"] = "gleam", t.num_modules
+        self.strategy = build_strategy(name, self.net, **strategy_cfg)
         self.loss_fn = build_loss(t.loss)
         self.automatic_optimization = False
         self._val = VolumeAccumulator()
@@ -42,38 +45,32 @@ class ReconModule(pl.LightningModule):
     def anytime(self, kspace, maps, mask) -> dict[int, torch.Tensor]:
         """Outputs after each module (one pass through the chain)."""
         A = self.net.sense(maps, mask)
-        x = A.H(kspace)
-        stops, outs = set(self.strategy.exits(self.net)), {}
-        for k, unroll in enumerate(self.net.unrolls, 1):
-            x = unroll(x, A, kspace)
-            if k in stops:
-                outs[k] = x
-        return outs
+        stops = set(self.strategy.exits(self.net))
+        return {k: x for k, x in self.net.iter_unrolls(A.H(kspace), A, kspace, range(self.net.num_unrolls))
+                if k in stops}
 
     # ---------------------------------------------------------------- training
     def configure_optimizers(self):
-        t = self.cfg.train
-        groups = self.strategy.param_groups(self.net)
-        optimizers = [torch.optim.Adam(g, lr=t.lr, weight_decay=t.weight_decay) for g in groups]
-        if not t.scheduler:
-            return optimizers
-        name = t.scheduler.get("name")
-        if name == "step":
-            scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=t.scheduler.get("step_size", 10),
-                                                      gamma=t.scheduler.get("gamma", 0.5)) for o in optimizers]
-        elif name == "cosine":
-            scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t.max_epochs) for o in optimizers]
-        else:
-            raise ValueError(f"train.scheduler.name: unknown scheduler {name!r} (step, cosine)")
-        return optimizers, scheds
+        optimizers, schedulers = build_optimizers(self.cfg.train, self.strategy.param_groups(self.net))
+        return (optimizers, schedulers) if schedulers else optimizers
 
     def _optimizer_list(self) -> list:
         opts = self.optimizers()
         return list(opts) if isinstance(opts, (list, tuple)) else [opts]
 
     def training_step(self, batch, batch_idx):
+        # Non-finite guard (issue 13): losses checked before backward, gradients before each optimizer step.
+        guard = FiniteGuard(self.cfg.train.nonfinite, step=self.trainer.fit_loop.total_batch_idx)
+        optimizers = guard.optimizers(self._optimizer_list())
+        if data_parallel_world() > 1:  # train.devices > 1: average over the replicas, then check, then step
+            optimizers = [GradientAveraging(o) for o in optimizers]
+            # Lightning's DDP reducer expects one backward over all parameters per step (it prepares for it in
+            # manual_backward). GLEAM takes one backward per module and MEL its own, so it is switched off for
+            # this step and GradientAveraging does the all-reduce.
+            if isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
+                self.trainer.model.require_backward_grad_sync = False
         losses = self.strategy.step(self.net, batch.kspace, batch.maps, batch.mask, batch.target, self.loss_fn,
-                                    self._optimizer_list(), backward=self.manual_backward)
+                                    optimizers, backward=guard.backward(self.manual_backward))
         bs = batch.kspace.shape[0]
         main = losses.get("loss", next(iter(losses.values())))
         self.log("train/loss", main, prog_bar=True, batch_size=bs)
@@ -101,27 +98,53 @@ class ReconModule(pl.LightningModule):
         vols = self._val.volumes()
         if not vols:
             return
-        crop = self.cfg.data.kind in ("knee2d", "brain2d")
         modules = [k for k in next(iter(vols.values())).images if k.startswith("module")]
-        for k, name in enumerate(modules, 1):
-            rows = [evaluate_volume(v.images["target"], v.images[name], crop=crop) for v in vols.values()]
-            s = summarize(rows)
-            last = k == len(modules)
-            for metric in ("psnr", "ssim", "nmse"):
-                if last:
-                    self.log(f"val/{metric}", s[metric]["mean"], prog_bar=metric != "nmse")
-                if len(modules) > 1:
-                    self.log(f"val/{metric}_module{k}", s[metric]["mean"])
+        summaries = {int(name[len("module"):]): module_summary(vols, name, self.cfg) for name in modules}
+        for key, value in validation_log(summaries).items():
+            self.log(key, value, prog_bar=key in ("val/psnr", "val/ssim"))
         self._val.clear()
+
+
+def build_optimizers(t: TrainConfig, groups: list[list[torch.nn.Parameter]]) -> tuple[list, list]:
+    """One Adam per parameter group (one per GLEAM module) and, when configured, one scheduler each."""
+    optimizers = [torch.optim.Adam(g, lr=t.lr, weight_decay=t.weight_decay) for g in groups]
+    if not t.scheduler:
+        return optimizers, []
+    name = t.scheduler.get("name")
+    if name == "step":
+        return optimizers, [torch.optim.lr_scheduler.StepLR(o, step_size=t.scheduler.get("step_size", 10),
+                                                            gamma=t.scheduler.get("gamma", 0.5)) for o in optimizers]
+    if name == "cosine":
+        return optimizers, [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t.max_epochs) for o in optimizers]
+    raise ValueError(f"train.scheduler.name: unknown scheduler {name!r} (step, cosine)")
+
+
+def module_summary(vols: dict, name: str, cfg: Config) -> dict:
+    """fastMRI metrics (mean/std over volumes) of the images stored under `name` against "target"."""
+    crop = cfg.data.kind in ("knee2d", "brain2d")
+    return summarize([evaluate_volume(v.images["target"], v.images[name], crop=crop) for v in vols.values()])
+
+
+def validation_log(summaries: dict[int, dict]) -> dict[str, float]:
+    """What validation logs, from per-module summaries keyed by module number: val/{psnr,ssim,nmse} of the
+    last module (the network's output) and, with several modules, val/<metric>_module<k> of each."""
+    out: dict[str, float] = {}
+    last = max(summaries)
+    for k in sorted(summaries):
+        for metric in ("psnr", "ssim", "nmse"):
+            if k == last:
+                out[f"val/{metric}"] = summaries[k][metric]["mean"]
+            if len(summaries) > 1:
+                out[f"val/{metric}_module{k}"] = summaries[k][metric]["mean"]
+    return out
 
 
 def load_module(path: str, map_location: str = "cpu") -> ReconModule:
     """Rebuild a trained module from a checkpoint, with a clear error for a foreign checkpoint."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    cfg = ckpt.get("hyper_parameters", {}).get("config")
-    if cfg is None or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not an mrirecon checkpoint (no config/state_dict inside)")
-    module = ReconModule(cfg)
+    from .checkpoints import load_checkpoint  # CheckpointError (a ValueError) names the file
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    module = ReconModule(ckpt["hyper_parameters"]["config"])
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -38,6 +38,26 @@ def _unique(params: Any) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+def train_greedy_module(net: UnrolledNet, indices: range, x_in: Tensor, A: Any, kspace: Tensor, target: Tensor,
+                        loss_fn: LossFn, optimizer: torch.optim.Optimizer, backward: Backward = _plain_backward,
+                        before_step: Callable[[Tensor], Any] | None = None) -> tuple[Tensor, Tensor]:
+    """Train one GLEAM module (unrolls `indices`) on one batch: forward from the detached input image, the
+    image loss against the target, backward, optimizer step. Returns (detached output image, detached loss).
+
+    The output is computed with the weights before this step, as in GLEAM: it is what the next module
+    trains on. `before_step(loss)` runs between backward and the step (data-parallel gradient averaging,
+    the non-finite guard). Single-process GLEAM and every pipeline stage call this one function.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    x = net.apply_unrolls(x_in.detach(), A, kspace, indices)
+    loss = loss_fn(x, target)
+    backward(loss)
+    if before_step is not None:
+        before_step(loss.detach())
+    optimizer.step()
+    return x.detach(), loss.detach()
+
+
 def greedy_modules(num_unrolls: int, num_modules: int) -> list[range]:
     """GLEAM's split: unroll indices of M modules of N/M consecutive unrolls each."""
     if not isinstance(num_modules, int) or isinstance(num_modules, bool) or num_modules < 1:
@@ -98,6 +118,12 @@ class EndToEnd(Strategy):
         return {"loss": float(loss.detach())}
 
 
+def _checkpointed(unroll: nn.Module, x: Tensor, A: Any, y: Tensor) -> Tensor:
+    # use_reentrant=False: the reentrant variant gives no parameter gradients when the
+    # checkpoint's input (here the zero-filled image) does not require grad.
+    return checkpoint(unroll, x, A, y, use_reentrant=False)
+
+
 class Checkpointed(Strategy):
     """Gradient checkpointing per unroll: only unroll inputs are stored; each unroll is recomputed in backward."""
 
@@ -105,12 +131,7 @@ class Checkpointed(Strategy):
 
     def _forward_backward(self, net, kspace, maps, mask, target, loss_fn, backward):
         A = net.sense(maps, mask)
-        x = A.H(kspace)
-        net.prepare()
-        for unroll in net.unrolls:
-            # use_reentrant=False: the reentrant variant gives no parameter gradients when the
-            # checkpoint's input (here the zero-filled image) does not require grad.
-            x = checkpoint(unroll, x, A, kspace, use_reentrant=False)
+        x = net.apply_unrolls(A.H(kspace), A, kspace, range(net.num_unrolls), run=_checkpointed)
         loss = loss_fn(x, target)
         backward(loss)
         return {"loss": float(loss.detach())}
@@ -130,9 +151,11 @@ class Invertible(Strategy):
     def __init__(self, net: UnrolledNet, prox_iters: int = 100, prox_tol: float = 1e-6, cg_iters: int = 100,
                  cg_tol: float = 1e-7, debug: bool = False):
         super().__init__(net)
-        if not getattr(net.unrolls[0].prox, "is_invertible", False):
-            raise ValueError(f"strategy 'invertible' needs an invertible prox; prox {net.prox_cfg} is not "
-                             "(use name: resnet with lipschitz < 1, e.g. 0.9)")
+        prox = next((u.prox for u in net.unrolls if hasattr(u, "prox")), None)
+        if prox is not None and not getattr(prox, "is_invertible", False):
+            from ..models.registry import not_invertible_message
+
+            raise ValueError(f"strategy 'invertible' needs an invertible prox; {not_invertible_message(prox)}")
         if net.dc == "pgd" and (net.step_size_max is None or net.step_size_max > 1):
             raise ValueError("strategy 'invertible' with dc: pgd needs step_size_max <= 1 (the gradient step is "
                              "invertible for 0 < alpha < 1/||A^H A||, and ||A^H A|| <= 1 for ESPIRiT maps with unit "
@@ -195,15 +218,9 @@ class Greedy(Strategy):
             # Each module rebuilds the physics from the batch, so modules stay independent (e.g. on
             # different devices); module 1 starts from the zero-filled image.
             A = net.sense(maps, mask)
-            x = A.H(kspace) if x is None else x.detach()
-            opt.zero_grad(set_to_none=True)
-            net.prepare(idx)  # this module's certificates (if any) only: modules stay independent
-            for i in idx:
-                x = net.unrolls[i](x, A, kspace)
-            loss = loss_fn(x, target)
-            backward(loss)
-            opt.step()
-            losses[f"loss_module{k}"] = float(loss.detach())
+            x, loss = train_greedy_module(net, idx, A.H(kspace) if x is None else x, A, kspace, target, loss_fn,
+                                          opt, backward)
+            losses[f"loss_module{k}"] = float(loss)
         losses["loss"] = losses[f"loss_module{len(self.modules)}"]
         return losses
 

@@ -1,0 +1,237 @@
+"""Benchmark: the data pipeline at fastMRI's real sizes, from disk to a batch, beside fastMRI's own loader.
+
+    python benchmarks/data_pipeline.py --out results/data_pipeline [--data /tmp/fastmri_size] [--items 70]
+
+Data: 2 files in the fastMRI multi-coil knee layout at its real size: k-space (35 slices, 15 coils, 640, 368)
+complex64 (~0.99 GB each), reconstruction_rss (35, 320, 320), ISMRMRD header. Anatomy and coils come
+from `mrirecon.data.synthetic` (5 generated slices repeated to 35: the loader's cost does not depend
+on the content, and generating 35 phantom slices at this size takes minutes). The coil-map cache is
+filled with the generator's own coil maps (ESPIRiT itself costs about a minute per slice of this size
+on a CPU core, a one-off cost per file that the maps cache pays once; timed here on one slice).
+
+Measured, each configuration in a fresh process (so its peak memory is its own):
+  - ours: `ReconDataset` + `ReconTransform` (random 4x mask, 8% centre; readout crop to 320, maps from
+    the cache, zero-filled scaling, the rss target) through a DataLoader, batch 1, 0 and 2 workers;
+  - fastMRI: `fastmri.data.SliceDataset` + `VarNetDataTransform` (the same mask family) on the same files;
+  - slices per second over `--items` slices after one warm-up item; peak resident memory of the process
+    and its workers (ru_maxrss). The files are read through the OS page cache (warm after the first pass;
+    the cache is not dropped on a shared machine).
+Also: the Poisson-disc ky-kz mask draw (knee3d, 64 x 48, 4x, calib 20 x 20), uncached and from the cache
+(`subsample._poisson_mask`) for the slices of one validation file.
+Outputs: OUT/data_pipeline.json and OUT/data_pipeline.md, atomically, with command, date and machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: make `mrirecon` importable
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common  # noqa: E402
+
+SLICES, COILS, READOUT, WIDTH, RECON = 35, 15, 640, 368, 320
+DISTINCT = 5  # generated slices per file, repeated to SLICES
+MASK = {"type": "random", "center_fractions": [0.08], "accelerations": [4]}
+
+
+def maps_folder(folder: Path) -> Path:
+    """The maps cache beside the data folder (fastMRI's SliceDataset opens every entry of the folder)."""
+    return folder.parent / f"{folder.name}_maps"
+
+
+def make_files(folder: Path) -> list[Path]:
+    """The 2 fastMRI-size files (skipped when present with the right shape) and their cached maps."""
+    import h5py
+    import numpy as np
+
+    from mrirecon.atomic import atomic_path
+    from mrirecon.data.coil_maps import MapCache
+    from mrirecon.data.ismrmrd import make_header
+    from mrirecon.data.synthetic import _acquire, _center_crop, _coil_maps, phantoms
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = MapCache(maps_folder(folder))
+    paths = []
+    for i in range(2):
+        path = folder / f"knee_fastmri_size_{i}.h5"
+        paths.append(path)
+        if path.is_file():
+            with h5py.File(path) as f:
+                if f["kspace"].shape == (SLICES, COILS, READOUT, WIDTH) and cache.lookup(path, "knee2d"):
+                    continue
+        rng = np.random.default_rng([7, i])
+        img = phantoms.knee2d(rng, DISTINCT, (RECON, WIDTH), "CORPD_FBK")
+        full = np.zeros((DISTINCT, READOUT, WIDTH), np.complex64)
+        full[:, (READOUT - RECON) // 2:(READOUT - RECON) // 2 + RECON] = img
+        maps = _coil_maps(rng, (COILS, READOUT, WIDTH))
+        kspace, rss = _acquire(rng, lambda s: full[s] * maps, DISTINCT, 0, 0.01, float(np.abs(img).max()))
+        order = [s % DISTINCT for s in range(SLICES)]
+        header = make_header((READOUT, WIDTH, 1), (RECON, RECON, 1), kspace_center=WIDTH // 2,
+                             kspace_max=WIDTH - 1, fov_mm=(140.0, 140.0 * WIDTH / RECON, 3.0), coils=COILS,
+                             slices=SLICES)
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("kspace", data=kspace[order])
+                f.create_dataset("reconstruction_rss", data=_center_crop(rss, (RECON, RECON))[order])
+                f.create_dataset("ismrmrd_header", data=np.bytes_(header))
+                f.attrs.update(acquisition="CORPD_FBK", max=float(rss.max()), norm=float(np.linalg.norm(rss)),
+                               patient_id=f"bench-{i}")
+        with atomic_path(cache.path_for(path, "knee2d")) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("espirit_maps", data=np.broadcast_to(maps[None, None], (SLICES, 1, *maps.shape)))
+    return paths
+
+
+def _peak_mib() -> float:
+    """Peak resident memory of this process plus its largest finished child (DataLoader workers), MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
+
+
+def run_loader(loader: str, folder: Path, workers: int, items: int) -> dict[str, Any]:
+    """Worker mode: time one loader configuration in this (fresh) process."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(1)
+    if loader == "ours":
+        from mrirecon.data.coil_maps import MapCache
+        from mrirecon.data.datasets import ReconDataset
+        from mrirecon.data.subsample import build_mask_func
+        from mrirecon.data.transforms import ReconTransform
+
+        transform = ReconTransform(build_mask_func(MASK), deterministic=False, target="rss")
+        ds = ReconDataset(folder, "knee2d", transform, require_maps=True, scan_values=False, progress=False,
+                          maps_cache=MapCache(maps_folder(folder)))
+    else:
+        from fastmri.data import SliceDataset
+        from fastmri.data.subsample import RandomMaskFunc
+        from fastmri.data.transforms import VarNetDataTransform
+
+        ds = SliceDataset(folder, challenge="multicoil",
+                          transform=VarNetDataTransform(RandomMaskFunc([0.08], [4]), use_seed=False))
+    dl = DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
+    it = iter(dl)
+    next(it)  # warm-up: worker start-up, imports, first file open
+    start = time.perf_counter()
+    n = 0
+    for _ in range(items):
+        try:
+            next(it)
+        except StopIteration:
+            it = iter(dl)
+            next(it)
+        n += 1
+    seconds = time.perf_counter() - start
+    del it, dl
+    return {"loader": loader, "workers": workers, "items": n, "seconds": seconds, "slices_per_s": n / seconds,
+            "peak_rss_mib": _peak_mib()}
+
+
+def poisson_mask_cost(slices: int = 32) -> dict[str, Any]:
+    """ms per Poisson-disc ky-kz mask, uncached (every draw) and for a validation file's slices (cached)."""
+    from mrirecon.data.subsample import PoissonMask2D, _poisson_disc, _poisson_mask, seed_from_name
+
+    mf = PoissonMask2D([4], calib_size=(20, 20))
+    shape = (8, 64, 48)
+    _poisson_disc(64, 48, 4.0, (20, 20), 0, True, mf.max_attempts, mf.tol)  # numba compilation
+    seeds = [seed_from_name("knee3d_000.h5", s) for s in range(8)]
+    start = time.perf_counter()
+    for s in seeds:
+        _poisson_disc(64, 48, 4.0, (20, 20), s, True, mf.max_attempts, mf.tol)
+    uncached = (time.perf_counter() - start) / len(seeds)
+    _poisson_mask.cache_clear()
+    seed = seed_from_name("knee3d_000.h5")
+    start = time.perf_counter()
+    for _ in range(slices):  # one validation file: every ky-kz slice has the file's mask
+        mf(shape, seed=seed)
+    per_slice = (time.perf_counter() - start) / slices
+    return {"shape": [64, 48], "acceleration": 4, "calib": [20, 20], "uncached_ms_per_mask": 1e3 * uncached,
+            "validation_file_slices": slices, "cached_ms_per_slice": 1e3 * per_slice}
+
+
+def espirit_one_slice(path: Path) -> float:
+    import h5py
+
+    from mrirecon.physics.espirit import espirit_maps
+
+    with h5py.File(path) as f:
+        k = f["kspace"][0]
+    start = time.perf_counter()
+    espirit_maps(k, calib_width=20, kernel_width=6)
+    return time.perf_counter() - start
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = [
+        "# Data pipeline at fastMRI's real size", "",
+        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['usable_cores']} usable cores, "
+        f"torch {meta['machine']['torch']}, load average at start {meta['load_average']}", "",
+        f"Files: 2 x k-space {result['files']['kspace_shape']} complex64 ({result['files']['gib_each']:.2f} GiB "
+        "each), warm page cache. Batch 1, shuffled, "
+        f"{result['items']} slices timed after one warm-up slice.", "",
+        "| loader | workers | slices/s | peak RSS (MiB, process + largest worker) |", "|---|---|---|---|",
+    ]
+    for r in result["loaders"]:
+        lines.append(f"| {r['loader']} | {r['workers']} | {r['slices_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+    p = result["poisson_mask"]
+    lines += ["", "ours: ReconDataset + ReconTransform (readout crop, cached maps, zero-filled scaling, rss target); "
+              "fastmri: SliceDataset + VarNetDataTransform (masking and tensor conversion only, no maps).", "",
+              f"Poisson-disc ky-kz mask {p['shape'][0]}x{p['shape'][1]} at {p['acceleration']}x: "
+              f"{p['uncached_ms_per_mask']:.1f} ms per draw uncached; {p['cached_ms_per_slice']:.3f} ms per ky-kz "
+              f"slice of a validation file ({p['validation_file_slices']} slices share the file's mask, cached).",
+              ""]
+    if result["espirit_seconds_one_slice"] is not None:
+        lines.append(f"ESPIRiT (sigpy) for one 640 x 368, 15-coil slice: {result['espirit_seconds_one_slice']:.1f} s "
+                     "(paid once per file by the maps cache).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "data_pipeline")
+    p.add_argument("--data", type=Path, default=Path("/tmp/mrirecon_fastmri_size"))
+    p.add_argument("--items", type=int, default=70, help="slices timed per configuration")
+    p.add_argument("--worker", nargs=2, metavar=("LOADER", "WORKERS"), help=argparse.SUPPRESS)
+    p.add_argument("--skip-espirit", action="store_true", help="do not time ESPIRiT on one slice (~1 min)")
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(run_loader(a.worker[0], a.data, int(a.worker[1]), a.items)))
+        return 0
+    meta = {"command": common.command_line(argv), "date": common.now_utc(), "machine": common.machine_info("cpu"),
+            "load_average": common.load_average(), "commit": common.git_commit()}
+    paths = make_files(a.data)
+    loaders = []
+    for loader in ("ours", "fastmri"):
+        for workers in (0, 2):
+            cmd = [sys.executable, __file__, "--worker", loader, str(workers), "--data", str(a.data),
+                   "--items", str(a.items)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+            loaders.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(loaders[-1], flush=True)
+    result = {"meta": meta, "items": a.items, "loaders": loaders,
+              "files": {"count": len(paths), "kspace_shape": [SLICES, COILS, READOUT, WIDTH],
+                        "gib_each": paths[0].stat().st_size / 2**30},
+              "poisson_mask": poisson_mask_cost(),
+              "espirit_seconds_one_slice": None if a.skip_espirit else espirit_one_slice(paths[0])}
+    common.write_json(a.out / "data_pipeline.json", result)
+    common.write_markdown(a.out / "data_pipeline.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Training on several processes: pipeline-parallel GLEAM over torch.distributed (launched by torchrun)
+and gradient averaging for data parallelism."""

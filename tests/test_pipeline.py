@@ -1,0 +1,206 @@
+"""Pipeline-parallel GLEAM on torch.distributed (gloo, CPU), launched by torchrun as users launch it."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrirecon.config import ConfigError, load_config
+from mrirecon.distributed.context import pipeline_layout
+from mrirecon.distributed.pipeline import replica_shard, train_batches
+from mrirecon.training.checkpoints import load_checkpoint
+from mrirecon.training.module import load_module
+from mrirecon.training.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MASK = "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}"
+STEPS = 20
+
+
+def overrides(root, out, *extra):
+    return [f"data.root={root}", f"output_dir={out}", MASK, "model.num_unrolls=4", "model.prox.channels=8",
+            "data.batch_size=1", "train.log_every_n_steps=1", "train.max_epochs=100", f"train.max_steps={STEPS}",
+            "train.lr=1.0e-3", *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args, *, nproc=2, timeout=240, script="train.py", launcher_args=(), env_extra=None, wait=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher_args, "--nproc_per_node", str(nproc),
+           str(ROOT / script), "--config", str(ROOT / "configs/knee2d.yaml"), "--no-progress", *args]
+    if not launcher_args:
+        cmd[3:3] = ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def run_dir_of(output: str) -> Path:
+    line = next(l for l in output.splitlines() if l.startswith("run directory:"))
+    return Path(line.split(":", 1)[1].strip())
+
+
+def net_weights(ckpt_path) -> dict:
+    return {k: v.clone() for k, v in load_module(str(ckpt_path)).net.state_dict().items()}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def single_process(synthetic, tmp_path_factory):
+    """Single-process GLEAM (Lightning) on the same batches: the reference the pipeline must equal."""
+    out = tmp_path_factory.mktemp("single")
+    cfg = load_config("configs/knee2d.yaml", overrides(synthetic("knee2d"), out, "train.strategy=gleam"))
+    result = train(cfg, enable_progress_bar=False)
+    return net_weights(result.last_checkpoint)
+
+
+# ---------------------------------------------------------------------------------- refused early
+def test_layout_refuses_worlds_that_do_not_fit():
+    cfg = load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=8", "train.num_modules=4"])
+    assert pipeline_layout(cfg, 2, 1).modules == range(2, 4)
+    with pytest.raises(ConfigError, match="train.pipeline.stages: 3 stages do not divide train.num_modules=4"):
+        pipeline_layout(cfg, 3, 0)
+    with pytest.raises(ConfigError, match="train.pipeline.stages: 8 stages for 4 GLEAM modules"):
+        pipeline_layout(cfg, 8, 0)
+    two_replicas = load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=8", "train.num_modules=4",
+                                      "train.pipeline.replicas=2"])
+    with pytest.raises(ConfigError, match="train.pipeline.replicas: 2 replicas per stage do not divide the world size 3"):
+        pipeline_layout(two_replicas, 3, 0)
+    fixed = load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=8", "train.pipeline.stages=2"])
+    with pytest.raises(ConfigError, match="2 stages x 1 replicas = 2 processes, but torchrun started 4"):
+        pipeline_layout(fixed, 4, 0)
+    with pytest.raises(ConfigError, match="train.pipeline.stages: 3 does not divide train.num_modules=8"):
+        load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=8", "train.pipeline.stages=3"])
+
+
+def test_replicas_take_disjoint_shards_of_the_epoch():
+    cfg = load_config(None, ["train.strategy=gleam_pipeline", "train.pipeline.replicas=2", "data.batch_size=2"])
+    batches = train_batches(9, cfg, epoch=3)  # 5 batches, the last of one item
+    shards = [replica_shard(batches, pipeline_layout(cfg, 4, r)) for r in range(4)]
+    assert shards[0] == shards[2] and shards[1] == shards[3]  # replica d of every stage reads the same batches
+    assert shards[0] == [batches[0], batches[2]] and shards[1] == [batches[1], batches[3]]
+    assert train_batches(9, cfg, epoch=3) == batches and train_batches(9, cfg, epoch=4) != batches
+
+
+# ------------------------------------------------------------------------------------- exactness
+def test_two_stage_pipeline_equals_single_process_gleam(synthetic, tmp_path, single_process):
+    rc, out = torchrun(overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam_pipeline"))
+    assert rc == 0, out
+    run = run_dir_of(out)
+    pipelined = net_weights(run / "checkpoints" / "last.ckpt")
+    assert max_difference(pipelined, single_process) <= 1e-5
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["pipeline"]["step"] == STEPS and len(ckpt["optimizer_states"]) == 4
+    # each stage saved its own part: its unrolls only
+    part = torch.load(run / "checkpoints" / "stages" / "stage1.ckpt", weights_only=False)
+    assert part["modules"] == [2, 3] and {k.split(".")[1] for k in part["state_dict"]} == {"2", "3"}
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss_module1", "train/loss_module4", "val/psnr", "val/psnr_module1", "val/psnr_module4"} <= set(header)
+
+
+def test_two_nodes_by_c10d_rendezvous_equal_single_process_gleam(synthetic, tmp_path, single_process):
+    endpoint = f"127.0.0.1:{free_port()}"
+    launcher = ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "mrirecon-test"]
+    args = overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam_pipeline")
+    nodes = [torchrun(args, nproc=1, launcher_args=launcher, wait=False) for _ in range(2)]
+    outs = [n.communicate(timeout=240)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(outs)
+    run = run_dir_of(next(o for o in outs if "run directory:" in o))
+    assert max_difference(net_weights(run / "checkpoints" / "last.ckpt"), single_process) <= 1e-5
+
+
+def test_resumed_pipeline_continues_exactly(synthetic, tmp_path, single_process):
+    args = overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam_pipeline")
+    rc, out = torchrun([*args, "train.max_steps=7"])  # stops inside epoch 3 (2 batches per epoch)
+    assert rc == 0, out
+    run = run_dir_of(out)
+    rc, out = torchrun([*args, "--resume", str(run / "checkpoints" / "last.ckpt")])
+    assert rc == 0, out
+    assert run_dir_of(out) == run  # the same run goes on, and the changed setting is recorded
+    assert json.loads((run / "resumes.json").read_text())[0]["changed"]["train.max_steps"] == {"checkpoint": 7,
+                                                                                               "now": STEPS}
+    assert max_difference(net_weights(run / "checkpoints" / "last.ckpt"), single_process) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------ faults
+@pytest.mark.parametrize("fault", ["hang", "exit"])
+def test_a_failed_stage_stops_the_pipeline_within_the_timeout(synthetic, tmp_path, fault):
+    args = overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam_pipeline", "train.pipeline.timeout_s=10",
+                     "train.max_steps=1000", "train.max_epochs=500")
+    start = time.monotonic()
+    rc, out = torchrun(args, script="tests/pipeline_fault.py", env_extra={"FAULT": fault, "FAULT_RANK": "1"},
+                       timeout=120)
+    elapsed = time.monotonic() - start
+    assert rc != 0 and elapsed < 90, out
+    if fault == "hang":  # stage 0 times out waiting for stage 1 and names it
+        assert "stage 1 (rank 1)" in out and "train.pipeline.timeout_s=10" in out, out
+    else:  # torchrun names the stage that died as the root cause and stops the others
+        assert re.search(r"Root Cause.*?rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: 9", out, re.S), out
+
+
+# ------------------------------------------------------------------------------------ GLEAM settings
+def test_gleam_defaults_to_one_unroll_per_module():
+    assert load_config(None, ["train.strategy=gleam", "model.num_unrolls=6"]).train.num_modules == 6
+    assert load_config(None, ["train.strategy=e2e"]).train.num_modules == 1
+    with pytest.raises(ConfigError, match="train.num_modules"):
+        load_config(None, ["train.strategy=e2e", "train.num_modules=2"])
+
+
+def test_max_steps_counts_batches_for_gleam(synthetic, tmp_path):
+    cfg = load_config("configs/knee2d.yaml", overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam",
+                                                       "train.max_steps=3"))
+    result = train(cfg, enable_progress_bar=False)
+    ckpt = torch.load(result.last_checkpoint, weights_only=False)
+    assert ckpt["global_step"] == 3 * 4  # 3 batches, each stepping the 4 module optimizers once
+    assert ckpt["epoch"] == 1  # 2 batches per epoch: the third batch is in the second epoch
+
+
+# ------------------------------------------------------------------------------ Lightning's DDP
+@pytest.fixture(scope="module")
+def double_batch(synthetic, tmp_path_factory):
+    """Single-process GLEAM with batch 2 for 4 steps: what 2 data-parallel replicas of batch 1 must equal."""
+    cfg = load_config("configs/knee2d.yaml", overrides(synthetic("knee2d"), tmp_path_factory.mktemp("double"),
+                                                       "train.strategy=gleam", "train.max_steps=4", "data.batch_size=2"))
+    return net_weights(train(cfg, enable_progress_bar=False).last_checkpoint)
+
+
+def test_lightning_ddp_on_two_cpu_processes_equals_one_process_with_twice_the_batch(synthetic, tmp_path,
+                                                                                   double_batch):
+    """train.devices=2 (Lightning's DDP, gloo): each process trains on its own half of every epoch and
+    the gradients are averaged, so 2 processes x batch 1 take the steps of 1 process x batch 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(free_port())}
+    args = overrides(synthetic("knee2d"), tmp_path / "ddp", "train.strategy=gleam", "train.max_steps=4")
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/knee2d.yaml"), "--no-progress",
+           *args, "train.devices=2", "train.accelerator=cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ddp_ckpt = run_dir_of(proc.stdout) / "checkpoints" / "last.ckpt"
+    assert torch.load(ddp_ckpt, weights_only=False)["epoch"] == 3  # 2 slices = 1 step per epoch
+    assert max_difference(net_weights(ddp_ckpt), double_batch) <= 1e-5
+
+
+def test_pipeline_with_two_replicas_per_stage_equals_one_process_with_twice_the_batch(synthetic, tmp_path,
+                                                                                    double_batch):
+    """World 4 = 2 stages x 2 replicas: each stage's replicas average their gradients (data parallel)."""
+    args = overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam_pipeline", "train.pipeline.replicas=2",
+                     "train.max_steps=4")
+    rc, out = torchrun(args, nproc=4)
+    assert rc == 0, out
+    assert max_difference(net_weights(run_dir_of(out) / "checkpoints" / "last.ckpt"), double_batch) <= 1e-5

@@ -101,8 +101,8 @@ def make_data(root: Path, args: argparse.Namespace) -> Path:
     return root
 
 
-def launch(stages: int, threads: int, data: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    out = work / f"k{stages}_t{threads}"
+def launch(stages: int, threads: int, data: Path, work: Path, args: argparse.Namespace, repeat: int = 0) -> dict[str, Any]:
+    out = work / f"k{stages}_t{threads}_r{repeat}"
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(stages),
@@ -117,6 +117,14 @@ def launch(stages: int, threads: int, data: Path, work: Path, args: argparse.Nam
     return {"stages": stages, "threads_per_stage": threads, "cores_used": stages * threads,
             "steps": r0["steps"], "seconds": r0["train_seconds"],
             "batches_per_s": r0["steps"] / r0["train_seconds"], "per_stage": sorted(ranks, key=lambda r: r["stage"])}
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput of a setting's repeats, with every repeat's throughput kept."""
+    ordered = sorted(runs, key=lambda r: r["batches_per_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["batches_per_s_repeats"] = [r["batches_per_s"] for r in runs]
+    return row
 
 
 def verdicts(rows: list[dict], device: str) -> dict[str, Any]:
@@ -150,14 +158,16 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['settings']['size'][0]}x{result['settings']['size'][1]}, 8 coils, batch 1, "
              f"{result['settings']['workers']} DataLoader worker(s) per stage; "
              f"{result['settings']['epochs']} epochs of {result['rows'][0]['steps'] // result['settings']['epochs']} batches.", "",
-             "| stages K | threads / stage | cores | batches/s | speedup vs K=1 (same threads) | per-stage params+Adam (MiB) | per-stage peak (MiB) | memory goal (MiB) | met |",
-             "|---:|---:|---:|---:|---:|---|---|---|---|"]
+             f"Throughput: the median of {result['settings']['repeats']} launches per setting (all in the last column).", "",
+             "| stages K | threads / stage | cores | batches/s | speedup vs K=1 (same threads) | per-stage params+Adam (MiB) | per-stage peak (MiB) | memory goal (MiB) | met | batches/s of each launch |",
+             "|---:|---:|---:|---:|---:|---|---|---|---|---|"]
     for r in result["rows"]:
         fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
         lines.append(f"| {r['stages']} | {r['threads_per_stage']} | {r['cores_used']} | {r['batches_per_s']:.3f} | "
                      f"{r.get('speedup_vs_k1_same_threads', float('nan')):.2f} | "
                      f"{fmt(s['params_optimizer_mib'] for s in r['per_stage'])} | {fmt(r.get('memory_measured_mib', []))} | "
-                     f"{fmt(r.get('memory_goal_mib', []))} | {'yes' if r.get('memory_goal_met') else 'no'} |")
+                     f"{fmt(r.get('memory_goal_mib', []))} | {'yes' if r.get('memory_goal_met') else 'no'} | "
+                     f"{fmt(r.get('batches_per_s_repeats', []))} |")
     v = result["verdicts"]
     lines += [""]
     if "speedup_k2_equal_threads" in v:
@@ -182,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=8)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per stage (data.num_workers)")
+    p.add_argument("--repeats", type=int, default=3, help="launches per setting; the median throughput is reported")
     p.add_argument("--data", default=None, help="synthetic data folder (made when missing; default: a temp folder)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
@@ -193,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(Path(args.data) if args.data else Path(tmp) / "knee2d", args)
         settings = ([(k, 1) for k in args.stages] + [(1, max(args.stages))]) if args.device == "cpu" \
             else [(k, 1) for k in args.stages]
-        rows = [launch(k, t, data, Path(tmp) / "work", args) for k, t in dict.fromkeys(settings)]
+        settings = list(dict.fromkeys(settings))
+        # Repeats go round the settings (1, 2, 3, 1, 2, 3, ...) so a drift in the machine's speed hits all alike.
+        runs = [[launch(k, t, data, Path(tmp) / "work", args, r) for k, t in settings] for r in range(args.repeats)]
+        rows = [median_run([rep[i] for rep in runs]) for i in range(len(settings))]
     result = {"meta": {"command": common.command_line(argv, __file__), "date": common.now_utc(),
                        "machine": common.machine_info(args.device)},
               "settings": {"unrolls": args.unrolls, "channels": args.channels, "size": args.size, "workers": args.workers,
+                           "repeats": args.repeats,
                            "epochs": args.epochs, "volumes": args.volumes, "slices": args.slices},
               "rows": rows}
     result["verdicts"] = verdicts(rows, args.device)

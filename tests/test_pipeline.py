@@ -204,3 +204,21 @@ def test_pipeline_with_two_replicas_per_stage_equals_one_process_with_twice_the_
     rc, out = torchrun(args, nproc=4)
     assert rc == 0, out
     assert max_difference(net_weights(run_dir_of(out) / "checkpoints" / "last.ckpt"), double_batch) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------- benchmark
+def test_benchmark_verdicts_flag_a_stage_that_holds_more_than_its_share():
+    from benchmarks.pipeline import median_run, verdicts
+
+    def row(k, rate, params):
+        return {"stages": k, "threads_per_stage": 1, "batches_per_s": rate,
+                "per_stage": [{"params_optimizer_mib": p, "module_step_activations_mib": 1.0, "run_peak_mib": None}
+                              for p in params]}
+
+    rows = [row(1, 5.0, [4.0]), row(2, 9.0, [2.0, 4.0])]  # stage 1 built every unroll: 4 MiB, not 2
+    v = verdicts(rows, "cpu")
+    assert v["speedup_k2_equal_threads"] == pytest.approx(1.8) and v["speedup_k2_equal_threads_goal_met"]
+    assert rows[0]["memory_goal_met"] and not rows[1]["memory_goal_met"]
+    assert rows[1]["memory_goal_mib"] == [3.0, 3.0]
+    assert median_run([row(1, r, [4.0]) for r in (5.0, 4.0, 6.0)])["batches_per_s_repeats"] == [5.0, 4.0, 6.0]
+    assert median_run([row(1, r, [4.0]) for r in (5.0, 4.0, 6.0)])["batches_per_s"] == 5.0

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..registry import ProxNet, check_input, conv_class, register_prox
+from ..registry import ProxNet, check_input, conv_class, prox_name, register_prox
 # Re-exported: the certified norms lived here before they got their own module.
 from .conv_norm import (ConvNormCertificate, SpectralNormConv, certified_conv_norm,  # noqa: F401
                         certified_conv_norms, refresh_certificates)
@@ -44,6 +44,20 @@ def invert_residual(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 100,
     return x, float((x + fx - z).norm() / z_norm)
 
 
+class ResidualInverse:
+    """`inverse` of a residual prox z = x + residual(x) with a `lipschitz` option (Lip(residual) < 1 makes it
+    invertible); shared by every residual prox kind."""
+
+    @torch.no_grad()
+    def inverse(self, z: Tensor, iters: int = 100, tol: float = 1e-6) -> tuple[Tensor, float]:
+        """Solve x + f(x) = z by x <- z - f(x) (a contraction when Lip(f) < 1); returns (x, relative residual)."""
+        if not self.is_invertible:
+            raise ValueError(f"{prox_name(self)} prox is invertible only with the `lipschitz` option set below 1 "
+                             f"(got lipschitz={self.lipschitz})")
+        self.prepare()
+        return invert_residual(self.residual, z, iters, tol)
+
+
 class ResidualBlock(nn.Module):
     """h -> h + conv_b(relu(conv_a(h))); Lipschitz <= 1 + Lip(conv_a) Lip(conv_b) (ReLU is 1-Lipschitz)."""
 
@@ -56,7 +70,7 @@ class ResidualBlock(nn.Module):
 
 
 @register_prox("resnet")
-class ResNetProx(ProxNet):
+class ResNetProx(ResidualInverse, ProxNet):
     """z = x + f(x); f = input conv -> `num_blocks` residual blocks of `channels` width -> output conv."""
 
     def __init__(self, in_channels: int, conv_dims: int = 2, channels: int = 32, num_blocks: int = 2,
@@ -125,11 +139,3 @@ class ResNetProx(ProxNet):
             bound *= 1 + block.conv_a.certified_norm() * block.conv_b.certified_norm()
         return bound
 
-    @torch.no_grad()
-    def inverse(self, z: Tensor, iters: int = 100, tol: float = 1e-6) -> tuple[Tensor, float]:
-        """Solve x + f(x) = z by x <- z - f(x) (a contraction when Lip(f) < 1); returns (x, relative residual)."""
-        if not self.is_invertible:
-            raise ValueError("resnet prox is invertible only with the `lipschitz` option set below 1 "
-                             f"(got lipschitz={self.lipschitz})")
-        self.prepare()
-        return invert_residual(self.residual, z, iters, tol)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..registry import ProxNet, check_input, register_prox
 from .conv_norm import SpectralNormConv, refresh_certificates
-from .resnet import ResidualBlock, _per_conv_bound, invert_residual
+from .resnet import ResidualBlock, ResidualInverse, _per_conv_bound
 
 
 def _check_int(who: str, key: str, value: object, low: int) -> None:
@@ -93,7 +93,7 @@ class ResNet2Plus1dProx(ProxNet):
 
 
 @register_prox("resnet_framewise")
-class FramewiseProx(ProxNet):
+class FramewiseProx(ResidualInverse, ProxNet):
     """z = x + f(x); frame t of f(x) is a 2D residual CNN (input conv, `num_blocks` residual blocks of
     `channels`, output conv) of frames t - context .. t + context stacked as channels (cyclic in time).
 
@@ -161,11 +161,3 @@ class FramewiseProx(ProxNet):
         self.prepare()
         return x + self.residual(x)
 
-    @torch.no_grad()
-    def inverse(self, z: Tensor, iters: int = 100, tol: float = 1e-6) -> tuple[Tensor, float]:
-        """Solve x + f(x) = z by x <- z - f(x) (a contraction when Lip(f) < 1); (x, relative residual)."""
-        if not self.is_invertible:
-            raise ValueError("resnet_framewise prox is invertible only with the `lipschitz` option set below 1 "
-                             f"(got lipschitz={self.lipschitz})")
-        self.prepare()
-        return invert_residual(self.residual, z, iters, tol)

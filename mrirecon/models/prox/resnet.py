@@ -138,4 +138,3 @@ class ResNetProx(ResidualInverse, ProxNet):
         for block in self.blocks:
             bound *= 1 + block.conv_a.certified_norm() * block.conv_b.certified_norm()
         return bound
-

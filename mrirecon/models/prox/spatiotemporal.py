@@ -160,4 +160,3 @@ class FramewiseProx(ResidualInverse, ProxNet):
         check_input(x, self.conv_dims, "resnet_framewise prox")
         self.prepare()
         return x + self.residual(x)
-

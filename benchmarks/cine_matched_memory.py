@@ -40,7 +40,6 @@ import torch  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks import matched_memory as mm  # noqa: E402
 from mrirecon.config import Config, ConfigError, load_config  # noqa: E402
-from mrirecon.data.errors import DataError  # noqa: E402
 
 CONFIG_DIR = ROOT / "configs" / "cine_matched_memory"
 STRATEGIES = ("e2e", "gleam", "checkpoint", "invertible")
@@ -265,20 +264,12 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
     result["rows"].extend(run_baselines(ref))
     result["meta"]["complete"] = failed == 0
     save()
-    for g in result["goals"]:
-        verdict = "not measured" if g["pass"] is None else ("pass" if g["pass"] else "FAIL")
-        log(f"[cine] {g['description']}: {mm._fmt(g['value'])} (target {g['target']}): {verdict}")
+    mm.log_goals(result["goals"], lambda g: "cine")
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        result = run(args, argv)
-    except (ConfigError, DataError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0 if result["meta"]["complete"] else 1
+    return mm.cli(parser, run, argv)
 
 
 if __name__ == "__main__":

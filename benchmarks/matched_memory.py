@@ -43,7 +43,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout: make `mrirecon` and `benchmarks` importable
@@ -474,21 +474,33 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
         save()
     result["meta"]["complete"] = failed == 0
     save()
-    for g in result["goals"]:
-        verdict = "not measured" if g["pass"] is None else ("pass" if g["pass"] else "FAIL")
-        log(f"[{g['kind']}] {g['description']}: {_fmt(g['value'])} (target {g['target']}): {verdict}")
+    log_goals(result["goals"], lambda g: g["kind"])
     log(f"wrote {out / 'results.json'} and {out / 'results.md'} ({time.perf_counter() - start:.0f} s)")
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def log_goals(goals: list[dict], tag: Callable[[dict], str]) -> None:
+    """One line per goal: its value against the target and the verdict."""
+    for g in goals:
+        verdict = "not measured" if g["pass"] is None else ("pass" if g["pass"] else "FAIL")
+        log(f"[{tag(g)}] {g['description']}: {_fmt(g['value'])} (target {g['target']}): {verdict}")
+
+
+def cli(make_parser: Callable[[], argparse.ArgumentParser], run_fn: Callable[..., dict],
+        argv: Sequence[str] | None) -> int:
+    """A matched-memory script's command line: exit 2 with the message for bad configs or data, 1 when a
+    run failed (the others are still reported), 0 when all ran."""
+    args = make_parser().parse_args(argv)
     try:
-        result = run(args, argv)
+        result = run_fn(args, argv)
     except (ConfigError, DataError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if result["meta"]["complete"] else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from mrirecon.models.convex.interpret import (effective_filters, plot_effective_
                                               regularisation_path)
 from mrirecon.models.convex.patches import patch_matrix, pixel_matrix
 from mrirecon.models.convex.prox import save_weights
-from mrirecon.physics import SenseOp
 from mrirecon.training.strategies import build_strategy, default_optimizers
+from problems import sense_problem
 
 
 @pytest.fixture
@@ -24,12 +24,7 @@ def weights(tmp_path):
 
 
 def batch(seed: int = 0, size: int = 12, coils: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    maps = torch.randn(1, 1, coils, size, size, dtype=torch.complex64, generator=g)
-    maps = maps / maps.abs().pow(2).sum(2, keepdim=True).sqrt()
-    mask = (torch.rand(1, 1, 1, size, generator=g) < 0.5).float()
-    x = torch.randn(1, 1, size, size, dtype=torch.complex64, generator=g)
-    return SenseOp(maps, mask, 2)(x), maps, mask, x
+    return sense_problem(coils=coils, seed=seed, spatial=(size, size))
 
 
 def test_prox_is_the_residual_network_with_frozen_weights(weights):

@@ -17,8 +17,8 @@ from mrirecon.models import UnrolledNet, build_prox
 from mrirecon.models.equivariant import LiftingConv, ScaleConv, dilated_basis, hermite_basis, project_scales
 from mrirecon.models.prox import RotationEquivariantProx, ScaleEquivariantProx
 from mrirecon.models.prox import rotation_equivariant
-from mrirecon.physics import SenseOp
 from mrirecon.training import build_strategy, default_optimizers
+from problems import l1_magnitude, sense_problem
 
 SCALE = {"name": "scale_equivariant", "channels": 4}
 SCALE_HERMITE = {"name": "scale_equivariant", "channels": 4, "basis": "hermite", "scales": [1, 1.41, 2],
@@ -220,19 +220,6 @@ def test_equivariant_proxes_start_as_the_identity(prox):
     assert torch.equal(build_prox(prox, 2, 2)(x), x)
 
 
-def make_batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    maps = torch.randn(1, 1, 4, 32, 32, dtype=torch.complex64, generator=g)
-    maps = maps / maps.abs().pow(2).sum((1, 2), keepdim=True).sqrt()
-    mask = (torch.rand(1, 1, 1, 32, generator=g) < 0.5).float()
-    x = torch.randn(1, 1, 32, 32, dtype=torch.complex64, generator=g)
-    return SenseOp(maps, mask, 2)(x), maps, mask, x
-
-
-def l1(pred, target):
-    return (pred.abs() - target.abs()).abs().mean()
-
-
 @pytest.mark.parametrize("strategy", ["e2e", "checkpoint", "gleam"])
 @pytest.mark.parametrize("prox", [SCALE, SCALE_HERMITE, ROTATION], ids=["scale", "scale-hermite", "rotation"])
 def test_equivariant_proxes_train_under_every_strategy(prox, strategy):
@@ -240,11 +227,11 @@ def test_equivariant_proxes_train_under_every_strategy(prox, strategy):
     net = UnrolledNet(2, prox, dc="pgd")
     before = [p.detach().clone() for p in net.parameters()]
     s = build_strategy(strategy, net)
-    y, maps, mask, x = make_batch()
+    y, maps, mask, x = sense_problem(spatial=(32, 32))
     optimizers = default_optimizers(s, net, lr=1e-2)
-    first = s.step(net, y, maps, mask, x, l1, optimizers)["loss"]
+    first = s.step(net, y, maps, mask, x, l1_magnitude, optimizers)["loss"]
     for _ in range(3):
-        last = s.step(net, y, maps, mask, x, l1, optimizers)["loss"]
+        last = s.step(net, y, maps, mask, x, l1_magnitude, optimizers)["loss"]
     # Every parameter moved (the layers behind the zero-initialised last one from the second step on)
     # and the loss went down.
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))

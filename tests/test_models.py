@@ -14,35 +14,15 @@ from mrirecon.models.prox.conv_norm import certified_conv_norm, certified_conv_n
 from mrirecon.models.unrolled import (gradient_step, gradient_step_inverse, modl_data_consistency,
                                       modl_data_consistency_inverse)
 from mrirecon.physics import SenseOp
+from problems import LAYOUTS, sense_problem
 
 
 RESNET = {"name": "resnet", "channels": 8, "num_blocks": 2}
 LIPSCHITZ_RESNET = {**RESNET, "lipschitz": 0.9}
 UNET = {"name": "unet", "base_channels": 8, "depth": 2}
 
-# layout -> (image spatial shape, conv_dims, fft_ndim)
-LAYOUTS = {"2d": ((16, 16), 2, 2), "3d": ((12, 12, 8), 3, 3), "cine": ((4, 12, 12), 3, 2)}
-
-
 def make_batch(layout: str, coils: int = 4, maps: int = 1, batch: int = 1, seed: int = 0):
-    """Random problem with coil maps of unit sum of squares (so ||A^H A|| <= 1) and a random 0/1 mask.
-
-    Cine: maps constant over time (broadcast dim of size 1), a ky-t mask varying over frames.
-    """
-    spatial, _, _ = LAYOUTS[layout]
-    g = torch.Generator().manual_seed(seed)
-    map_spatial = (1, *spatial[1:]) if layout == "cine" else spatial
-    s = torch.randn(batch, maps, coils, *map_spatial, dtype=torch.complex64, generator=g)
-    s = s / s.abs().pow(2).sum((1, 2), keepdim=True).sqrt()
-    if layout == "cine":
-        mask_shape = (batch, 1, spatial[0], 1, spatial[-1])
-    else:
-        mask_shape = (batch, 1, *([1] * (len(spatial) - 1)), spatial[-1])
-    mask = (torch.rand(mask_shape, generator=g) < 0.5).float()
-    x = torch.randn(batch, maps, *spatial, dtype=torch.complex64, generator=g)
-    fft_ndim = LAYOUTS[layout][2]
-    y = SenseOp(s, mask, fft_ndim)(x)
-    return y, s, mask, x
+    return sense_problem(layout, coils, maps, batch, seed)
 
 
 def make_net(layout: str, dc: str = "pgd", prox=RESNET, num_unrolls: int = 2, **kw) -> UnrolledNet:

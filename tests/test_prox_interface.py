@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from mrirecon.config import ConfigError, load_config
 from mrirecon.models import ProxNet, UnrolledNet, build_prox, register_prox, registry
-from mrirecon.physics import SenseOp
 from mrirecon.training import build_strategy, default_optimizers
+from problems import l1_magnitude, sense_problem
 
 
 @pytest.fixture
@@ -57,19 +57,6 @@ def register_pointwise(prepare_log: list | None = None, invertible: bool = True)
     return Pointwise
 
 
-def make_batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    maps = torch.randn(1, 1, 4, 16, 16, dtype=torch.complex64, generator=g)
-    maps = maps / maps.abs().pow(2).sum((1, 2), keepdim=True).sqrt()
-    mask = (torch.rand(1, 1, 1, 16, generator=g) < 0.5).float()
-    x = torch.randn(1, 1, 16, 16, dtype=torch.complex64, generator=g)
-    return SenseOp(maps, mask, 2)(x), maps, mask, x
-
-
-def l1(pred: Tensor, target: Tensor) -> Tensor:
-    return (pred.abs() - target.abs()).abs().mean()
-
-
 @pytest.mark.parametrize("strategy", ["e2e", "checkpoint", "gleam", "invertible"])
 def test_a_prox_registered_outside_the_library_trains_under_every_strategy(plugin_registry, strategy):
     register_pointwise()
@@ -77,8 +64,8 @@ def test_a_prox_registered_outside_the_library_trains_under_every_strategy(plugi
     net = UnrolledNet(2, {"name": "pointwise"}, dc="modl", cg_iters=20)
     before = [p.detach().clone() for p in net.parameters()]
     s = build_strategy(strategy, net)
-    y, maps, mask, x = make_batch()
-    losses = s.step(net, y, maps, mask, x, l1, default_optimizers(s, net, lr=1e-2))
+    y, maps, mask, x = sense_problem()
+    losses = s.step(net, y, maps, mask, x, l1_magnitude, default_optimizers(s, net, lr=1e-2))
     assert torch.isfinite(torch.tensor(losses["loss"]))
     # Every parameter of every unroll moved: the gradients reached the plug-in prox under this strategy.
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))

@@ -7,40 +7,21 @@ import pytest
 import torch
 
 from mrirecon.models import UnrolledNet
-from mrirecon.physics import SenseOp
 from mrirecon.training import build_strategy, default_optimizers, greedy_modules
-
+from problems import LAYOUTS, l1_magnitude, sense_problem
 
 RESNET = {"name": "resnet", "channels": 8, "num_blocks": 2}
 INVERTIBLE_RESNET = {**RESNET, "lipschitz": 0.9}
-LAYOUTS = {"2d": ((16, 16), 2, 2), "3d": ((12, 12, 8), 3, 3), "cine": ((4, 12, 12), 3, 2)}
 
 
 def make_batch(layout: str = "2d", coils: int = 4, seed: int = 0):
-    """Random problem: coil maps of unit sum of squares (||A^H A|| <= 1), a random 0/1 mask, target x."""
-    spatial, _, fft_ndim = LAYOUTS[layout]
-    g = torch.Generator().manual_seed(seed)
-    map_spatial = (1, *spatial[1:]) if layout == "cine" else spatial  # cine: maps constant over time
-    maps = torch.randn(1, 1, coils, *map_spatial, dtype=torch.complex64, generator=g)
-    maps = maps / maps.abs().pow(2).sum((1, 2), keepdim=True).sqrt()
-    if layout == "cine":  # a ky-t mask
-        mask_shape = (1, 1, spatial[0], 1, spatial[-1])
-    else:
-        mask_shape = (1, 1, *([1] * (len(spatial) - 1)), spatial[-1])
-    mask = (torch.rand(mask_shape, generator=g) < 0.5).float()
-    x = torch.randn(1, 1, *spatial, dtype=torch.complex64, generator=g)
-    return SenseOp(maps, mask, fft_ndim)(x), maps, mask, x
+    return sense_problem(layout, coils, seed=seed)
 
 
 def make_net(layout: str = "2d", dc: str = "pgd", prox=RESNET, num_unrolls: int = 2, seed: int = 0, **kw):
     _, conv_dims, fft_ndim = LAYOUTS[layout]
     torch.manual_seed(seed)
     return UnrolledNet(num_unrolls, prox, dc, conv_dims=conv_dims, fft_ndim=fft_ndim, **kw)
-
-
-def l1_magnitude(pred, target):
-    """GLEAM's loss: L1 on the complex magnitude."""
-    return (pred.abs() - target.abs()).abs().mean()
 
 
 class GradientRecorder:

@@ -108,22 +108,22 @@ class StageLink:
             raise PipelineError(f"pipeline stage {self.layout.stage}: {what} stage {peer_stage} (rank {peer}) did "
                                 f"not complete within train.pipeline.timeout_s={self.timeout.total_seconds():g} s")
 
-    def post_recv(self, like: Tensor) -> _Recv:
-        """Post the receive of the previous stage's next image (shape and dtype of `like`)."""
-        buffer = torch.empty_like(torch.view_as_real(like) if like.is_complex() else like)
+    def post_recv(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _Recv:
+        """Post the receive of the previous stage's next image, a complex (B, M, *S) tensor sent as real pairs."""
+        buffer = torch.empty((*shape, 2), dtype=torch.empty((), dtype=dtype).real.dtype, device=device)
         tag, self._recv_tag = self._recv_tag, self._recv_tag + 1
         work = dist.irecv(buffer, src=self.layout.rank_of(self.layout.stage - 1), tag=tag)
         return _Recv(buffer, work, tag)
 
-    def wait_recv(self, r: _Recv, complex_: bool = True) -> Tensor:
+    def wait_recv(self, r: _Recv) -> Tensor:
         self._wait(r.work, self.layout.stage - 1, f"receiving image {r.tag} from")
-        return torch.view_as_complex(r.buffer) if complex_ else r.buffer
+        return torch.view_as_complex(r.buffer)
 
     def send(self, x: Tensor) -> None:
         """Send the image on to the next stage without waiting for it to be received."""
         while len(self._sends) >= self.in_flight:
             self._finish_oldest()
-        data = (torch.view_as_real(x) if x.is_complex() else x).contiguous()
+        data = torch.view_as_real(x).contiguous()
         tag, self._send_tag = self._send_tag, self._send_tag + 1
         work = dist.isend(data, dst=self.layout.rank_of(self.layout.stage + 1), tag=tag)
         self._sends.append((work, data, tag))
@@ -227,9 +227,8 @@ class PipelineStage:
             if b is None:
                 return None
             b = _to(b, self.ctx.device)
-            shape = (b.kspace.shape[0], self.cfg.model.num_maps, *b.kspace.shape[2:])
-            like = torch.empty(shape, dtype=b.kspace.dtype, device=self.ctx.device)
-            return b, (None if first else self.link.post_recv(like))
+            image = (b.kspace.shape[0], self.cfg.model.num_maps, *b.kspace.shape[2:])  # what A^H gives
+            return b, (None if first else self.link.post_recv(image, b.kspace.dtype, self.ctx.device))
 
         done, pending = 0, fetch()
         while pending is not None:
@@ -427,8 +426,8 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
             check_output_dir(cfg.output_dir)
             ckpt, changes, continued = None, {}, None
             if resume:  # the resumed run goes on in its own folder, with the changes applied and recorded
-                changes = check_resume_compatible(cfg, resume)
                 ckpt = load_checkpoint(resume)
+                changes = check_resume_compatible(cfg, resume, ckpt)
                 continued = resumed_run_dir(resume)
             loggers.extend(run_loggers(cfg, continued))
             run_dir = Path(loggers[0].log_dir).resolve()

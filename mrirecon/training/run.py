@@ -180,12 +180,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_compatible(cfg: Config, ckpt_path: str) -> dict[str, tuple]:
-    """Differences {key: (checkpoint value, config value)} between a checkpoint's config and `cfg`.
+def check_resume_compatible(cfg: Config, ckpt_path: str, ckpt: dict | None = None) -> dict[str, tuple]:
+    """Differences {key: (checkpoint value, config value)} between a checkpoint's config and `cfg`
+    (`ckpt`: the checkpoint already loaded from `ckpt_path`, else it is read here).
 
     Raises ValueError naming the keys when one cannot change on resume (FIXED_ON_RESUME); the other
     differences are applied by `train` (optimizer settings included) and recorded in RUN/resumes.json."""
-    saved = _flatten(load_checkpoint(ckpt_path)["hyper_parameters"]["config"])
+    ckpt = load_checkpoint(ckpt_path) if ckpt is None else ckpt
+    saved = _flatten(ckpt["hyper_parameters"]["config"])
     now = _flatten(cfg.to_dict())
     changes = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     fixed = [f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in changes.items()

@@ -44,9 +44,26 @@ def invert_residual(f: Callable[[Tensor], Tensor], z: Tensor, iters: int = 100,
     return x, float((x + fx - z).norm() / z_norm)
 
 
-class ResidualInverse:
-    """`inverse` of a residual prox z = x + residual(x) with a `lipschitz` option (Lip(residual) < 1 makes it
-    invertible); shared by every residual prox kind."""
+class LipschitzResidual:
+    """What every residual prox z = x + residual(x) with a `lipschitz` option shares: its certified conv norms
+    brought up to date before a forward (`conv_bound` set), and its inverse by fixed-point iteration, which
+    Lip(residual) < lipschitz < 1 makes exact (MEL)."""
+
+    @property
+    def is_invertible(self) -> bool:  # type: ignore[override]
+        return self.lipschitz is not None and self.lipschitz < 1
+
+    def prepare(self) -> None:
+        """This prox's out-of-date certificates, together (no-op when current or unconstrained); once per
+        forward or inversion, not per residual evaluation inside the fixed-point loop."""
+        if self.conv_bound is not None:
+            refresh_certificates(self)
+
+    @classmethod
+    def prepare_all(cls, proxes: Sequence[ProxNet]) -> None:
+        """The certificates of several resnet proxes in one `refresh_certificates` call: kernels of one
+        shape share the branch and bound's work (each certificate is the same as alone)."""
+        refresh_certificates([p for p in proxes if getattr(p, "conv_bound", None) is not None])
 
     @torch.no_grad()
     def inverse(self, z: Tensor, iters: int = 100, tol: float = 1e-6) -> tuple[Tensor, float]:
@@ -69,8 +86,31 @@ class ResidualBlock(nn.Module):
         return h + self.conv_b(torch.relu(self.conv_a(h)))
 
 
+def residual_cnn(conv_dims: int, in_channels: int, out_channels: int, channels: int, num_blocks: int,
+                 kernel_size: int, conv_bound: float | None,
+                 n_power_iterations: int = 1) -> tuple[nn.Module, nn.Sequential, nn.Module]:
+    """The layers of a residual prox's f: input conv -> `num_blocks` residual blocks -> output conv, 'same'
+    padded. With `conv_bound` every conv is certified-normalised to it (Lipschitz proxes); without, the
+    output conv starts at zero, so the prox starts as the identity: the untrained network is then N plain
+    PGD/MoDL steps from the zero-filled image, a sound reconstruction that training only has to improve on."""
+
+    def conv(cin: int, cout: int) -> nn.Module:
+        if conv_bound is None:
+            return conv_class(conv_dims)(cin, cout, kernel_size, padding=kernel_size // 2)
+        return SpectralNormConv(cin, cout, conv_dims, kernel_size, conv_bound, n_power_iterations)
+
+    conv_in = conv(in_channels, channels)
+    blocks = nn.Sequential(*[ResidualBlock(conv(channels, channels), conv(channels, channels))
+                             for _ in range(num_blocks)])
+    conv_out = conv(channels, out_channels)
+    if conv_bound is None:
+        nn.init.zeros_(conv_out.weight)
+        nn.init.zeros_(conv_out.bias)
+    return conv_in, blocks, conv_out
+
+
 @register_prox("resnet")
-class ResNetProx(ResidualInverse, ProxNet):
+class ResNetProx(LipschitzResidual, ProxNet):
     """z = x + f(x); f = input conv -> `num_blocks` residual blocks of `channels` width -> output conv."""
 
     def __init__(self, in_channels: int, conv_dims: int = 2, channels: int = 32, num_blocks: int = 2,
@@ -86,39 +126,10 @@ class ResNetProx(ResidualInverse, ProxNet):
             raise ValueError(f"resnet prox: lipschitz must be a positive number or null, got {lipschitz!r}")
         self.conv_dims, self.lipschitz = conv_dims, None if lipschitz is None else float(lipschitz)
         self.conv_bound = None if lipschitz is None else _per_conv_bound(float(lipschitz), num_blocks)
-
-        def conv(cin: int, cout: int) -> nn.Module:
-            if self.conv_bound is None:
-                return conv_class(conv_dims)(cin, cout, kernel_size, padding=kernel_size // 2)
-            return SpectralNormConv(cin, cout, conv_dims, kernel_size, self.conv_bound, n_power_iterations)
-
-        self.conv_in = conv(in_channels, channels)
-        self.blocks = nn.Sequential(*[ResidualBlock(conv(channels, channels), conv(channels, channels))
-                                      for _ in range(num_blocks)])
-        self.conv_out = conv(channels, in_channels)
-        if self.conv_bound is None:
-            # Start as the identity (f = 0): the untrained network is then N plain PGD/MoDL steps from
-            # the zero-filled image, a sound reconstruction that training only has to improve on.
-            nn.init.zeros_(self.conv_out.weight)
-            nn.init.zeros_(self.conv_out.bias)
+        self.conv_in, self.blocks, self.conv_out = residual_cnn(
+            conv_dims, in_channels, in_channels, channels, num_blocks, kernel_size, self.conv_bound, n_power_iterations)
 
     invertible_when = "lipschitz < 1, e.g. 0.9"
-
-    @property
-    def is_invertible(self) -> bool:  # type: ignore[override]
-        return self.lipschitz is not None and self.lipschitz < 1
-
-    def prepare(self) -> None:
-        """This prox's out-of-date certificates, together (no-op when current or unconstrained); once per
-        forward or inversion, not per residual evaluation inside the fixed-point loop."""
-        if self.conv_bound is not None:
-            refresh_certificates(self)
-
-    @classmethod
-    def prepare_all(cls, proxes: Sequence[ProxNet]) -> None:
-        """The certificates of several resnet proxes in one `refresh_certificates` call: kernels of one
-        shape share the branch and bound's work (each certificate is the same as alone)."""
-        refresh_certificates([p for p in proxes if getattr(p, "conv_bound", None) is not None])
 
     def residual(self, x: Tensor) -> Tensor:
         """f(x), the learned residual."""

@@ -18,14 +18,12 @@ and what kind of convolution runs over them is the prox's setting, not the rank'
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..registry import ProxNet, check_input, register_prox
-from .conv_norm import SpectralNormConv, refresh_certificates
-from .resnet import ResidualBlock, ResidualInverse, _per_conv_bound
+from .resnet import ResidualBlock, LipschitzResidual, _per_conv_bound, residual_cnn
 
 
 def _check_int(who: str, key: str, value: object, low: int) -> None:
@@ -93,7 +91,7 @@ class ResNet2Plus1dProx(ProxNet):
 
 
 @register_prox("resnet_framewise")
-class FramewiseProx(ResidualInverse, ProxNet):
+class FramewiseProx(LipschitzResidual, ProxNet):
     """z = x + f(x); frame t of f(x) is a 2D residual CNN (input conv, `num_blocks` residual blocks of
     `channels`, output conv) of frames t - context .. t + context stacked as channels (cyclic in time).
 
@@ -122,30 +120,8 @@ class FramewiseProx(ResidualInverse, ProxNet):
         self.conv_bound = (None if lipschitz is None
                            else _per_conv_bound(float(lipschitz) / math.sqrt(width), num_blocks))
 
-        def conv(cin: int, cout: int) -> nn.Module:
-            if self.conv_bound is None:
-                return nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2)
-            return SpectralNormConv(cin, cout, 2, kernel_size, self.conv_bound)
-
-        self.conv_in = conv(in_channels * width, channels)
-        self.blocks = nn.Sequential(*[ResidualBlock(conv(channels, channels), conv(channels, channels))
-                                      for _ in range(num_blocks)])
-        self.conv_out = conv(channels, in_channels)
-        if self.conv_bound is None:
-            nn.init.zeros_(self.conv_out.weight)
-            nn.init.zeros_(self.conv_out.bias)
-
-    @property
-    def is_invertible(self) -> bool:  # type: ignore[override]
-        return self.lipschitz is not None and self.lipschitz < 1
-
-    def prepare(self) -> None:
-        if self.conv_bound is not None:
-            refresh_certificates(self)
-
-    @classmethod
-    def prepare_all(cls, proxes: Sequence[ProxNet]) -> None:
-        refresh_certificates([p for p in proxes if getattr(p, "conv_bound", None) is not None])
+        self.conv_in, self.blocks, self.conv_out = residual_cnn(
+            2, in_channels * width, in_channels, channels, num_blocks, kernel_size, self.conv_bound)
 
     def residual(self, x: Tensor) -> Tensor:
         """f(x) for x (B, C, *S) with time on `time_axis`."""

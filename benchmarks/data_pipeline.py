@@ -1,6 +1,7 @@
 """Benchmark: the data pipeline at fastMRI's real sizes, from disk to a batch, beside fastMRI's own loader.
 
     python benchmarks/data_pipeline.py --out results/data_pipeline [--data /tmp/fastmri_size] [--items 70]
+    python benchmarks/data_pipeline.py --out results/data_pipeline --only masks   # the mask bank part, < 1 min
 
 Data: 2 files in the fastMRI multi-coil knee layout at its real size: k-space (35 slices, 15 coils, 640, 368)
 complex64 (~0.99 GB each), reconstruction_rss (35, 320, 320), ISMRMRD header. Anatomy and coils come
@@ -19,6 +20,11 @@ Measured, each configuration in a fresh process (so its peak memory is its own):
 Also: the Poisson-disc ky-kz mask draw (knee3d, 64 x 48, 4x, calib 20 x 20), uncached and from the cache
 (`subsample._poisson_mask`) for the slices of one validation file.
 Outputs: OUT/data_pipeline.json and OUT/data_pipeline.md, atomically, with command, date and machine.
+
+`--only masks`: the Poisson-disc mask cost per training slice at knee3d's setting (configs/knee3d.yaml: ky-kz
+64 x 48, 8x, calib 12 x 12), drawn afresh (`data.mask.bank: 0`) and from the mask bank (`mask_bank`, 256
+masks); the bank's one-off build (into an empty cache folder, with 1 and with 2 processes) and a fresh
+process's read of the bank file are timed apart. Outputs OUT/mask_bank.json and OUT/mask_bank.md.
 """
 from __future__ import annotations
 
@@ -160,6 +166,67 @@ def poisson_mask_cost(slices: int = 32) -> dict[str, Any]:
             "validation_file_slices": slices, "cached_ms_per_slice": 1e3 * per_slice}
 
 
+def mask_bank_cost(draws: int = 64, bank: int = 256, epoch_slices: int = 224) -> dict[str, Any]:
+    """ms per training-slice Poisson-disc mask at knee3d's setting: fresh draws vs the mask bank."""
+    import tempfile
+
+    from mrirecon.data import mask_bank
+    from mrirecon.data.subsample import PoissonMask2D, _poisson_mask, seed_from_name
+
+    shape, accel, calib = (8, 64, 48), 8.0, (12, 12)
+    # training seeds as ReconTransform makes them: (file, slice, epoch, run seed)
+    seeds = [seed_from_name("knee3d_000.h5", s % 64, s // 64, 0) for s in range(draws)]
+    fresh = PoissonMask2D([accel], calib, bank=0)
+    fresh(shape, seed=12345, training=True)  # sigpy's numba kernel: compiled (or loaded) once
+    start = time.perf_counter()
+    for s in seeds:
+        fresh(shape, seed=s, training=True)
+    fresh_ms = 1e3 * (time.perf_counter() - start) / draws
+    with tempfile.TemporaryDirectory(prefix="mask-bank-bench-") as folder:
+        banked = PoissonMask2D([accel], calib, bank=bank, bank_cache=folder)
+        settings = banked.bank_settings(shape, accel)
+        build_s = {}
+        for workers in (1, 2):
+            _poisson_mask.cache_clear()  # no mask of a previous build (a forked pool inherits the cache too)
+            mask_bank.bank_path(settings, folder).unlink(missing_ok=True)
+            mask_bank._LOADED.clear()
+            start = time.perf_counter()
+            mask_bank.load_bank(settings, folder, progress=False, workers=workers)
+            build_s[workers] = time.perf_counter() - start
+        file_kib = mask_bank.bank_path(settings, folder).stat().st_size / 1024
+        mask_bank._LOADED.clear()  # as a new process (a DataLoader worker) would: only the file
+        start = time.perf_counter()
+        mask_bank.load_bank(settings, folder, progress=False)
+        read_ms = 1e3 * (time.perf_counter() - start)
+        start = time.perf_counter()
+        for s in seeds:
+            banked(shape, seed=s, training=True)
+        bank_ms = 1e3 * (time.perf_counter() - start) / draws
+    return {"shape": list(shape[1:]), "acceleration": accel, "calib": list(calib), "draws": draws, "bank": bank,
+            "fresh_ms_per_slice": fresh_ms, "bank_ms_per_slice": bank_ms, "bank_build_s": build_s[2],
+            "bank_build_s_one_process": build_s[1], "bank_file_kib": file_kib, "bank_read_ms": read_ms,
+            "epoch_slices": epoch_slices, "fresh_s_per_epoch": fresh_ms * epoch_slices / 1e3,
+            "bank_s_per_epoch": bank_ms * epoch_slices / 1e3}
+
+
+def masks_markdown(result: dict[str, Any]) -> str:
+    meta, r = result["meta"], result["mask_bank"]
+    return "\n".join([
+        "# Poisson-disc training masks: fresh draws vs the mask bank", "",
+        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['usable_cores']} usable cores, "
+        f"load average at start {meta['load_average']}", "",
+        f"knee3d setting (configs/knee3d.yaml): ky-kz {r['shape'][0]}x{r['shape'][1]}, {r['acceleration']:g}x, "
+        f"calib {r['calib'][0]}x{r['calib'][1]}; {r['draws']} training seeds as ReconTransform makes them.", "",
+        "| training masks | ms per slice | s per knee3d epoch (224 slices) |", "|---|---|---|",
+        f"| drawn afresh (`data.mask.bank: 0`) | {r['fresh_ms_per_slice']:.1f} | {r['fresh_s_per_epoch']:.1f} |",
+        f"| mask bank ({r['bank']} masks) | {r['bank_ms_per_slice']:.3f} | {r['bank_s_per_epoch']:.3f} |", "",
+        f"One-off: building the bank took {r['bank_build_s']:.1f} s with 2 processes "
+        f"({r['bank_build_s_one_process']:.1f} s in one; on a shared 2-core machine the second process finds no "
+        f"idle core); it is kept in the cache folder ({r['bank_file_kib']:.0f} KiB), which a new process (a "
+        f"DataLoader worker, the next run) reads in {r['bank_read_ms']:.1f} ms.", ""])
+
+
 def espirit_one_slice(path: Path) -> float:
     import h5py
 
@@ -206,12 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=70, help="slices timed per configuration")
     p.add_argument("--worker", nargs=2, metavar=("LOADER", "WORKERS"), help=argparse.SUPPRESS)
     p.add_argument("--skip-espirit", action="store_true", help="do not time ESPIRiT on one slice (~1 min)")
+    p.add_argument("--only", choices=["masks"], help="masks: only the Poisson mask bank measurement")
     a = p.parse_args(argv)
     if a.worker:
         print(json.dumps(run_loader(a.worker[0], a.data, int(a.worker[1]), a.items)))
         return 0
     meta = {"command": common.command_line(argv), "date": common.now_utc(), "machine": common.machine_info("cpu"),
             "load_average": common.load_average(), "commit": common.git_commit()}
+    if a.only == "masks":
+        result = {"meta": meta, "mask_bank": mask_bank_cost()}
+        common.write_json(a.out / "mask_bank.json", result)
+        common.write_markdown(a.out / "mask_bank.md", masks_markdown(result))
+        print(masks_markdown(result))
+        return 0
     paths = make_files(a.data)
     loaders = []
     for loader in ("ours", "fastmri"):

@@ -29,6 +29,8 @@ class DataConfig:
     root: str = "data/synthetic/knee2d"  # folder with train/ val/ test/ sub-folders of .h5 files
     volume: bool = False                 # knee3d: whole 3D volumes instead of ky-kz slices
     mask: dict = field(default_factory=lambda: {"type": "random", "center_fractions": [0.08], "accelerations": [4]})
+    # type: poisson also takes bank (precomputed training masks per setting, default 256; 0 = a fresh draw
+    # every time) and bank_cache (their folder, default $MRIRECON_MASK_CACHE or ~/.cache/mrirecon/masks)
     maps: str = "file"                   # file (ESPIRiT maps from the maps cache, see mrirecon.data.coil_maps) | online
     maps_cache: str | None = None        # coil-map cache folder (default $MRIRECON_MAPS_CACHE or ~/.cache/mrirecon/maps)
     espirit: dict = field(default_factory=dict)  # ESPIRiT settings: calib_width, kernel_width, thresh, crop
@@ -258,6 +260,7 @@ def _check_ranges(cfg: Config) -> None:
     for key, value in m.prox.items():
         if isinstance(value, float) and not math.isfinite(value):
             _require(f"model.prox.{key}", value, False, "finite")
+    _check_mask_bank(d.mask)
     fractions, accelerations = d.mask.get("center_fractions"), d.mask.get("accelerations")
     if isinstance(fractions, list) and isinstance(accelerations, list):
         for f, a in zip(fractions, accelerations):
@@ -267,6 +270,22 @@ def _check_ranges(cfg: Config) -> None:
                 raise ConfigError(f"data.mask.center_fractions: {f} with acceleration {a} samples more than 1/{a:g} "
                                   f"of the lines in the centre alone (effective acceleration at most {1 / f:.2g}x); "
                                   f"need center_fraction <= 1/acceleration = {1 / a:.3g}")
+
+
+def _check_mask_bank(mask: dict) -> None:
+    """data.mask.bank / bank_cache: Poisson-disc training masks from a bank (mrirecon.data.mask_bank)."""
+    for key in ("bank", "bank_cache"):
+        if key in mask and mask.get("type") != "poisson":
+            raise ConfigError(f"data.mask.{key}: only poisson masks have a mask bank (the other types cost "
+                              f"microseconds to draw), got type {mask.get('type')!r}; remove data.mask.{key}")
+    if "bank" in mask:
+        bank = mask["bank"]
+        _require("data.mask.bank", bank, isinstance(bank, int) and not isinstance(bank, bool) and bank >= 0,
+                 "an integer >= 0 (training masks per setting; 0 = draw every training mask afresh)")
+    if "bank_cache" in mask:
+        folder = mask["bank_cache"]
+        _require("data.mask.bank_cache", folder, folder is None or isinstance(folder, str),
+                 "a folder or null (default $MRIRECON_MASK_CACHE or ~/.cache/mrirecon/masks)")
 
 
 def validate(cfg: Config) -> Config:

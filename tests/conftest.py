@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-# Coil maps built during tests go to a throw-away cache, never into ~/.cache.
+# Coil maps and mask banks built during tests go to a throw-away cache, never into ~/.cache.
 os.environ.setdefault("MRIRECON_MAPS_CACHE", tempfile.mkdtemp(prefix="mrirecon-maps-"))
+os.environ.setdefault("MRIRECON_MASK_CACHE", tempfile.mkdtemp(prefix="mrirecon-masks-"))  # Poisson mask banks
 
 # Tiny tensors: one thread is much faster than two (thread start-up dominates), and
 # keeps timings stable on a shared 2-core machine.

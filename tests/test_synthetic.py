@@ -7,7 +7,7 @@ import torch
 from mrirecon.data import phantoms
 from mrirecon.data.ismrmrd import parse_header
 from mrirecon.data.layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, LAYOUTS, SPLITS, TARGET
-from mrirecon.data.synthetic import (DEFAULTS, _coil_maps, _write_h5, centered_fft2, generate, main, make_volume,
+from mrirecon.data.synthetic import (DEFAULTS, KNEE_ACQUISITIONS, _coil_maps, _write_h5, centered_fft2, generate, main, make_volume,
                                      split_counts)
 from mrirecon.physics import fftc, ifftc
 from tests.conftest import crandn
@@ -94,14 +94,43 @@ def test_target_is_rss_of_the_fully_sampled_coil_images_cropped(written, kind):
 
 
 @pytest.mark.parametrize("kind", ["knee2d", "knee3d", "cine"])
-def test_noise_has_the_documented_sigma(kind):
-    noisy, _ = make_volume(kind, 0, seed=5, **TINY[kind], noise=0.02)
-    clean, _ = make_volume(kind, 0, seed=5, **TINY[kind], noise=0.0)
+def test_noise_has_the_sigma_recorded_in_the_attrs(kind):
+    noisy, attrs = make_volume(kind, 0, seed=5, **TINY[kind], noise=0.02)
+    clean, clean_attrs = make_volume(kind, 0, seed=5, **TINY[kind], noise=0.0)
     n = noisy[KSPACE] - clean[KSPACE]
-    # sigma = noise * max|image|; the noise-free RSS target is |image| since sum_c |S_c|^2 = 1
-    sigma = 0.02 * clean[TARGET].max()
-    assert np.sqrt(np.mean(np.abs(n) ** 2)) == pytest.approx(sigma, rel=0.03)
+    assert clean_attrs["noise_sigma"] == 0.0 and noisy[TARGET].shape == clean[TARGET].shape
+    # the level is drawn per volume log-uniformly in [noise / 2, 2 noise]; sigma = level * max|image|
+    assert 0.01 <= attrs["noise_level"] <= 0.04
+    assert np.sqrt(np.mean(np.abs(n) ** 2)) == pytest.approx(attrs["noise_sigma"], rel=0.05)
     assert np.mean(n.real ** 2) == pytest.approx(np.mean(n.imag ** 2), rel=0.1)
+
+
+def test_noise_sigma_matches_the_kspace_corners():
+    """Far from the k-space centre the signal is small: at a high noise level the corners measure the floor."""
+    data, attrs = make_volume("brain2d", 1, seed=4, coils=4, slices=2, size=(32, 32), noise=0.1)
+    k = data[KSPACE]
+    corners = np.concatenate([k[..., :8, :6], k[..., :8, -6:], k[..., -8:, :6], k[..., -8:, -6:]], axis=-1)
+    assert np.sqrt(np.mean(np.abs(corners) ** 2)) == pytest.approx(attrs["noise_sigma"], rel=0.1)
+
+
+def test_noise_level_is_drawn_per_volume_around_the_nominal_level():
+    levels = [make_volume("cine", i, seed=0, coils=2, slices=1, frames=2, size=(16, 16), noise=0.01)[1]["noise_level"]
+              for i in range(12)]
+    assert all(0.005 <= lv <= 0.02 for lv in levels)
+    assert max(levels) / min(levels) > 1.5  # the volumes of one set differ in SNR
+    assert min(levels) < 0.01 < max(levels)  # the nominal level is the median of the draw
+
+
+def test_coil_noise_differs_between_coils_and_correlates():
+    """k-space noise is mixed across coils: unequal per-coil levels, non-zero correlations."""
+    noisy, _ = make_volume("knee3d", 0, seed=2, coils=4, size=(12, 32, 24), noise=0.05)
+    clean, _ = make_volume("knee3d", 0, seed=2, coils=4, size=(12, 32, 24), noise=0.0)
+    n = np.moveaxis(noisy[KSPACE] - clean[KSPACE], 1, 0).reshape(4, -1)
+    cov = n @ n.conj().T / n.shape[1]
+    std = np.sqrt(np.diag(cov).real)
+    corr = np.abs(cov) / np.outer(std, std)
+    assert std.max() / std.min() > 1.05
+    assert corr[~np.eye(4, dtype=bool)].max() > 0.05
 
 
 def test_noise_free_image_sits_in_the_middle_half_of_the_readout_fov():
@@ -122,12 +151,36 @@ def test_generator_fft_is_the_physics_fft(rng, shape):
     assert centered_fft2(x).dtype == np.complex64
 
 
-@pytest.mark.parametrize("shape", [(4, 24, 16), (4, 6, 12, 10)])
-def test_coil_maps_have_unit_sum_of_squares(shape):
+@pytest.mark.parametrize("shape", [(4, 24, 16), (8, 6, 12, 10)])
+def test_coil_maps_are_not_normalised_and_leave_a_smooth_bias_field(shape):
     maps = _coil_maps(np.random.default_rng(0), shape)
     assert maps.dtype == np.complex64 and maps.shape == shape
-    np.testing.assert_allclose((np.abs(maps) ** 2).sum(0), 1.0, atol=1e-5)
+    bias = np.sqrt((np.abs(maps) ** 2).sum(0))
+    assert 0.2 < bias.min() and bias.max() < 4.0  # O(1)
+    assert bias.max() / bias.min() > 1.3  # not sum |S|^2 = 1: brighter near the coils
     assert np.abs(maps).std(0).mean() > 0.05  # the coils see different parts of the FOV
+    # smooth: neighbouring pixels differ by a few percent
+    assert np.abs(np.diff(bias, axis=-1)).max() < 0.25 * bias.mean()
+
+
+def test_coil_arrays_differ_between_volumes_but_not_between_runs():
+    a = _coil_maps(np.random.default_rng(1), (8, 32, 32))
+    again = _coil_maps(np.random.default_rng(1), (8, 32, 32))
+    b = _coil_maps(np.random.default_rng(2), (8, 32, 32))
+    assert a.tobytes() == again.tobytes()
+    bias_a, bias_b = np.sqrt((np.abs(a) ** 2).sum(0)), np.sqrt((np.abs(b) ** 2).sum(0))
+    assert np.abs(bias_a - bias_b).mean() > 0.05 * bias_a.mean()
+
+
+def test_rss_target_carries_the_coil_bias_field():
+    """With noise 0, the RSS target is |image| x sqrt(sum_c |S_c|^2), not |image|: a smooth non-uniformity."""
+    data, _ = make_volume("knee2d", 0, seed=3, coils=8, slices=1, size=(32, 32), noise=0.0)
+    rng = np.random.default_rng([3, 0, 0])  # volume 0 of knee2d, seed 3: the phantom is its first draw
+    image = np.abs(phantoms.knee2d(rng, 1, (32, 32), str(rng.choice(KNEE_ACQUISITIONS))))[0]
+    obj = image > 0.3 * image.max()
+    bias = data[TARGET][0][obj] / image[obj]
+    assert 0.3 < bias.min() and bias.max() < 3.0
+    assert bias.max() / bias.min() > 1.3
 
 
 def test_same_seed_gives_byte_identical_arrays_and_other_seeds_differ(written, tmp_path):
@@ -207,6 +260,8 @@ def test_cli_help_documents_every_option(capsys):
     (dict(kind="cine", coils=0), "--coils"),
     (dict(kind="brain2d", noise=-1.0), "--noise"),
     (dict(kind="spine", ), "unknown kind"),
+    (dict(kind="knee2d", anatomy="mni152"), "--anatomy mni152 .* brain2d only, not knee2d"),
+    (dict(kind="brain2d", anatomy="atlas"), "--anatomy must be one of model, mni152"),
 ])
 def test_bad_settings_are_named(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -20,8 +20,6 @@ are still read and take precedence.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +33,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..physics.espirit import espirit_maps
 from . import layouts as L
+from .cache import cache_folder, content_key
 from .datasets import KINDS, inspect_file, list_h5
 from .errors import DataError
 
@@ -43,7 +42,7 @@ CACHE_VERSION = 1  # bump when the maps computed for the same settings change
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/mrirecon/maps").expanduser()
+    return cache_folder(None, CACHE_ENV, "maps")
 
 
 @dataclass(frozen=True)
@@ -145,12 +144,12 @@ class MapCache:
     """Coil maps per (input file identity, kind, ESPIRiT settings) in `folder` (see the module docstring)."""
 
     def __init__(self, folder: str | os.PathLike | None = None, settings: EspiritSettings | None = None):
-        self.folder = Path(folder).expanduser() if folder else default_cache_dir()
+        self.folder = cache_folder(folder, CACHE_ENV, "maps")
         self.settings = settings or EspiritSettings()
 
     def key(self, path: Path, kind: str) -> str:
         ident = {**file_identity(path), "kind": kind, "settings": asdict(self.settings), "version": CACHE_VERSION}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+        return content_key(ident)
 
     def path_for(self, path: Path, kind: str) -> Path:
         return self.folder / f"{path.stem}-{self.key(path, kind)[:20]}.h5"

@@ -14,6 +14,11 @@ image. Magnitudes are O(1) (brightest tissue ~ 1).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
+from typing import NamedTuple
+
 import numpy as np
 
 F32 = np.float32
@@ -39,6 +44,13 @@ BRAIN_TISSUES = {
 }
 CINE_TISSUES = dict(blood=1.0, myocardium=0.28, fat=0.85, muscle=0.30, soft=0.40, lung=0.05, marrow=0.50,
                     cortex=0.05, csf=0.90, liver=0.38)
+
+# Per-volume variation (drawn from the volume's generator): every tissue intensity is scaled by a factor
+# uniform in 1 +- TISSUE_JITTER; texture amplitudes by a log-uniform factor in TEXTURE_GAIN and texture
+# wavelengths by a uniform factor in TEXTURE_SCALE; a fine multiplicative grain of relative amplitude
+# uniform in FINE_TEXTURE.
+TISSUE_JITTER = 0.12
+TEXTURE_GAIN, TEXTURE_SCALE, FINE_TEXTURE = (0.6, 1.7), (0.8, 1.25), (0.01, 0.04)
 
 # 2D stacks span about this much (mm) whatever the slice count; spacing is clipped to [1, 5] / [1, 7.5] mm
 KNEE_STACK_MM, BRAIN_STACK_MM = 50.0, 60.0
@@ -137,6 +149,24 @@ def _texture(P: np.ndarray, rng: np.random.Generator, wavelength: float, pix: fl
     return out, np.stack([wave_sum(1j * k[c] * weights) for c in range(3)], -1)
 
 
+def _subject_texture(rng: np.random.Generator):
+    """`_texture` with this subject's texture style: amplitude x TEXTURE_GAIN and wavelength x TEXTURE_SCALE,
+    both drawn once per volume (tissue heterogeneity differs between subjects, scanners and sequences)."""
+    gain = float(np.exp(rng.uniform(*np.log(TEXTURE_GAIN))))
+    scale = float(rng.uniform(*TEXTURE_SCALE))
+
+    def tex(P: np.ndarray, wavelength: float, pix: float, **kw) -> np.ndarray:
+        return gain * _texture(P, rng, wavelength * scale, pix, **kw)
+
+    return tex
+
+
+def _fine_texture(P: np.ndarray, rng: np.random.Generator, pix: float) -> np.ndarray:
+    """Multiplicative grain at the finest unaliased scale (3 pixels), amplitude drawn from FINE_TEXTURE:
+    sub-voxel structure (vessels, trabeculae, partial volumes) that a smooth model lacks."""
+    return (1 + rng.uniform(*FINE_TEXTURE) * _texture(P, rng, 0.0, pix)).astype(F32)
+
+
 class _Canvas:
     """Painter's algorithm with soft masks: later tissues cover earlier ones."""
 
@@ -151,10 +181,16 @@ def _place(P: np.ndarray, rng: np.random.Generator, max_deg, max_shift_mm, scale
            center=(0.0, 0.0, 0.0)) -> np.ndarray:
     """Scanner coordinates -> anatomical coordinates of a randomly rotated, shifted and scaled subject
     whose point `center` (+- max_shift_mm) sits at the scanner's isocentre."""
+    M, shift = _placement(rng, max_deg, max_shift_mm, scale_range, center)
+    return (P @ M + shift).astype(F32)
+
+
+def _placement(rng: np.random.Generator, max_deg, max_shift_mm, scale_range, center) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map of `_place`: anatomical = scanner @ M + shift (row vectors)."""
     rot = _rotation(*(rng.uniform(-1, 1, 3) * np.asarray(max_deg)))
     shift = rng.uniform(-1, 1, 3) * np.asarray(max_shift_mm) + np.asarray(center)
     scale = rng.uniform(*scale_range) * rng.uniform(0.95, 1.05, 3)
-    return ((P @ rot) / scale.astype(F32) + shift.astype(F32)).astype(F32)
+    return (rot / scale[None, :].astype(F32)).astype(F32), shift.astype(F32)
 
 
 def slice_spacing_mm(kind: str, slices: int) -> float:
@@ -214,11 +250,19 @@ def _complex(mag: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return (mag * np.exp(1j * phase)).astype(np.complex64)
 
 
-def _contrast(table: dict, aliases: dict, acquisition: str, what: str) -> dict:
+def _contrast(table: dict, aliases: dict, acquisition: str, what: str, rng: np.random.Generator) -> dict:
+    """This subject's tissue intensities: the protocol's table, each value jittered by 1 +- TISSUE_JITTER."""
     key = aliases.get(acquisition, acquisition)
     if key not in table:
         raise ValueError(f"unknown {what} acquisition {acquisition!r}; known: {sorted(aliases)}")
-    return table[key]
+    return jitter_tissues(rng, table[key])
+
+
+def jitter_tissues(rng: np.random.Generator, tissues: dict) -> dict:
+    """Tissue intensities scaled independently by factors uniform in 1 +- TISSUE_JITTER (sorted names, so
+    the draws do not depend on the table's order)."""
+    return {name: tissues[name] * float(rng.uniform(1 - TISSUE_JITTER, 1 + TISSUE_JITTER))
+            for name in sorted(tissues)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -229,6 +273,7 @@ def _knee(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.nd
     """Magnitude of the knee model at anatomical points P (..., 3); `pix` is the pixel size in mm."""
     w = 0.45 * pix
     j = lambda v, rel=0.08: v * rng.uniform(1 - rel, 1 + rel)  # noqa: E731  per-subject jitter
+    tex = _subject_texture(rng)
     x, y, z = P[..., 0], P[..., 1], P[..., 2]
     cv = _Canvas(P.shape[:-1])
     fat_mm, cart, gap = rng.uniform(4, 12), rng.uniform(1.8, 2.8), rng.uniform(0.3, 1.4)
@@ -238,12 +283,12 @@ def _knee(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.nd
     flare = 1 + 0.12 * np.tanh(z / F32(60))  # thigh wider than calf
     leg = _ellipse(x, y, 0, -4, j(52) * flare, j(47) * flare)
     cv.paint(_fill(leg, w), t["skin"])
-    cv.paint(_fill(leg + 1.5, w), t["fat"] * (1 + 0.04 * _texture(P, rng, 12, pix)))
+    cv.paint(_fill(leg + 1.5, w), t["fat"] * (1 + 0.04 * tex(P, 12, pix)))
     S, dS = _texture(P, rng, 45, 0.0, stretch=(1, 1, 3), gradient=True)  # septa: zero surface of S
     septa = _fill(np.abs(S) / np.maximum(np.linalg.norm(dS, axis=-1), F32(1e-3)) - F32(0.6), w)
     away_from_joint = np.maximum(1 - _fill(np.abs(z) - F32(j(20, 0.2)), 5), _fill(y + F32(28), 4))
     muscle = _fill(leg + F32(fat_mm), w) * away_from_joint * (1 - septa)
-    cv.paint(muscle, t["muscle"] * (1 + 0.06 * _texture(P, rng, 5, pix, stretch=(1, 1, 4))))
+    cv.paint(muscle, t["muscle"] * (1 + 0.06 * tex(P, 5, pix, stretch=(1, 1, 4))))
 
     # --- bones as distances: trumpet-shaped metaphyses flaring into condyles and plateau ---
     cond_z = 12.0
@@ -289,7 +334,7 @@ def _knee(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.nd
         cv.paint(_fill(wedge, w), t["meniscus"])
 
     # --- marrow with trabecular texture and physeal scars, then cortex, then cartilage ---
-    trab = 1 + 0.12 * np.tanh(1.5 * _texture(P, rng, 2.5, pix))
+    trab = 1 + 0.12 * np.tanh(1.5 * tex(P, 2.5, pix))
     wobble = 1.5 * _texture(P, rng, 20, pix)
     scar = 1 - 0.45 * (_fill(np.abs(z - F32(cond_z + 20) - wobble) - F32(0.7), w)
                        + _fill(np.abs(z - F32(top - 16) - wobble) - F32(0.7), w))
@@ -303,7 +348,7 @@ def _knee(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.nd
     tib_cart = (_fill(np.maximum(tibia - F32(cart), z - F32(zt)), w) * (1 - _fill(tibia, w))
                 * _fill(F32(top - 2) - z, 1.0) * _fill(F32(8) - np.abs(x), 1.5))
     pat_cart = _fill(patella - F32(2.5), w) * (1 - _fill(patella, w)) * _fill(y - F32(36), 2)
-    cart_tex = 1 + 0.05 * _texture(P, rng, 4, pix)
+    cart_tex = 1 + 0.05 * tex(P, 4, pix)
     for c in (fem_cart, tib_cart, pat_cart):
         cv.paint(c, t["cartilage"] * cart_tex)
     return cv.img
@@ -312,13 +357,13 @@ def _knee(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.nd
 def knee2d(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 64),
            acquisition: str = "CORPD_FBK", fov_mm: float = KNEE_FOV_MM) -> np.ndarray:
     """Coronal knee stack (slices, H, W) complex64: rows superior->inferior, slices posterior->anterior."""
-    t = _contrast(KNEE_TISSUES, _KNEE_CONTRAST, acquisition, "knee")
+    t = _contrast(KNEE_TISSUES, _KNEE_CONTRAST, acquisition, "knee", rng)
     spacing = slice_spacing_mm("knee2d", slices)
     P = _stack_grid(slices, shape, fov_mm, spacing, "coronal")
     P = _place(P, rng, max_deg=(5, 8, 10), max_shift_mm=(8, 8, 12), scale_range=(0.88, 1.12), center=(0, -6, 0))
     if rng.random() < 0.5:  # left or right knee
         P[..., 0] *= -1
-    mag = _knee(P, rng, t, fov_mm / max(shape))
+    mag = _knee(P, rng, t, fov_mm / max(shape)) * _fine_texture(P, rng, fov_mm / max(shape))
     return _complex(mag, _stack_phase(rng, slices, shape))
 
 
@@ -327,7 +372,7 @@ def knee3d(rng: np.random.Generator, shape: tuple[int, int, int] = (32, 64, 48),
     """Sagittal 3D knee volume (X, Y, Z) complex64: X = superior->inferior (readout), Y = anterior->posterior
     (phase encode), Z = left-right (slice encode). Voxels are isotropic, by default sized so that the larger
     phase-encode axis spans KNEE3D_FOV_MM; a short X then covers a slab around the joint line."""
-    t = _contrast(KNEE_TISSUES, _KNEE_CONTRAST, acquisition, "knee")
+    t = _contrast(KNEE_TISSUES, _KNEE_CONTRAST, acquisition, "knee", rng)
     vox = voxel_mm if voxel_mm is not None else KNEE3D_FOV_MM / max(shape[1], shape[2])
     X, Y, Z = shape
     zz, yy, xx = np.meshgrid(((X // 2) - np.arange(X)) * vox, ((Y // 2) - np.arange(Y)) * vox,
@@ -336,7 +381,7 @@ def knee3d(rng: np.random.Generator, shape: tuple[int, int, int] = (32, 64, 48),
     P = _place(P, rng, max_deg=(6, 6, 10), max_shift_mm=(6, 8, 10), scale_range=(0.88, 1.12), center=(0, -6, 0))
     if rng.random() < 0.5:
         P[..., 0] *= -1
-    mag = _knee(P, rng, t, vox)
+    mag = _knee(P, rng, t, vox) * _fine_texture(P, rng, vox)
     return _complex(mag, smooth_phase(rng, shape))
 
 
@@ -348,17 +393,18 @@ def _brain(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.n
     """Magnitude of the head model at anatomical points P (..., 3)."""
     w = 0.45 * pix
     j = lambda v, rel=0.08: v * rng.uniform(1 - rel, 1 + rel)  # noqa: E731
+    tex = _subject_texture(rng)
     x = P[..., 0]
     cv = _Canvas(P.shape[:-1])
 
     # scalp, skull (dark tables around the diploe), subarachnoid CSF
     head = _ellipsoid(P, (0, -5, -5), (j(72), j(92), j(90)))
     scalp, skull, csf_mm = rng.uniform(4, 7), rng.uniform(5, 8), rng.uniform(1.2, 3.5)
-    cv.paint(_fill(head, w), t["scalp"] * (1 + 0.05 * _texture(P, rng, 8, pix)))
+    cv.paint(_fill(head, w), t["scalp"] * (1 + 0.05 * tex(P, 8, pix)))
     inner_skull = head + F32(scalp + skull)
     cv.paint(_fill(head + F32(scalp), w), t["skull"])
     cv.paint(_fill(head + F32(scalp + 1.6), w) - _fill(inner_skull + F32(1.6), w),
-             t["diploe"] * (1 + 0.1 * _texture(P, rng, 4, pix)))
+             t["diploe"] * (1 + 0.1 * tex(P, 4, pix)))
     cv.paint(_fill(inner_skull, w), t["csf"])
 
     # cortex: sulci are the zero surface of a random field (distance ~ |G| / |grad G|), reaching a varying
@@ -371,8 +417,8 @@ def _brain(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.n
     gm, width = rng.uniform(2.5, 3.5), rng.uniform(0.5, 1.3)
     d_gm = np.minimum(depth - F32(gm), np.maximum(d_sulcus - F32(gm), depth - sulcal_depth - F32(gm)))
     in_brain = _fill(brain, w)
-    cv.paint(in_brain, t["wm"] * (1 + 0.03 * _texture(P, rng, 10, pix)))
-    cv.paint(in_brain * _fill(d_gm, w), t["gm"] * (1 + 0.05 * _texture(P, rng, 5, pix)))
+    cv.paint(in_brain, t["wm"] * (1 + 0.03 * tex(P, 10, pix)))
+    cv.paint(in_brain * _fill(d_gm, w), t["gm"] * (1 + 0.05 * tex(P, 5, pix)))
     cv.paint(in_brain * _fill(np.maximum(d_sulcus - F32(width), depth - sulcal_depth), w), t["csf"])
     callosum = _ellipsoid(P, (0, -6, 14), (9, 40, 16))
     fissure = np.maximum(np.abs(x - F32(1.5) * _texture(P, rng, 30, pix)) - F32(1.2), -callosum)
@@ -398,12 +444,133 @@ def _brain(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.n
 def brain2d(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 64),
             acquisition: str = "AXT2", fov_mm: float = BRAIN_FOV_MM) -> np.ndarray:
     """Axial brain stack (slices, H, W) complex64: rows anterior->posterior, slices inferior->superior."""
-    t = _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition, "brain")
+    t = _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition, "brain", rng)
     spacing = slice_spacing_mm("brain2d", slices)
     P = _stack_grid(slices, shape, fov_mm, spacing, "axial")
     P = _place(P, rng, max_deg=(4, 4, 8), max_shift_mm=(8, 10, 8), scale_range=(0.9, 1.1), center=(0, -5, 22))
-    mag = _brain(P, rng, t, fov_mm / max(shape))
+    mag = _brain(P, rng, t, fov_mm / max(shape)) * _fine_texture(P, rng, fov_mm / max(shape))
     return _complex(mag, _stack_phase(rng, slices, shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Brain from the MNI ICBM152 2009a template (real anatomy; read from the installed nilearn package)
+# ----------------------------------------------------------------------------------------------------
+
+# The template, its grey and white matter probability maps (1 mm, MNI space: x right, y anterior,
+# z superior), as nilearn redistributes them inside its wheel (Fonov et al., NeuroImage 2011).
+MNI152_FILES = {name: f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in ("t1", "gm", "wm")}
+_MNI_STEP = 2  # grid step (mm) of the head distance map: it is smooth, a coarse grid keeps memory small
+
+
+class MNI152(NamedTuple):
+    """The template as the phantom needs it. gm, wm: uint8 probabilities x 255 on the 1 mm grid;
+    to_voxel: 4x4 map from MNI mm to that grid's indices; skull: signed distance (mm, negative inside)
+    to the inner skull surface on a `_MNI_STEP` mm grid, whose indices are (1 mm index - skull_offset) / step."""
+    gm: np.ndarray
+    wm: np.ndarray
+    to_voxel: np.ndarray
+    skull: np.ndarray
+    skull_offset: float
+
+
+def mni152_folder() -> Path:
+    """The folder of the template files inside the installed nilearn package (nilearn is not imported)."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("--anatomy mni152 reads the MNI ICBM152 2009a template shipped in the nilearn "
+                                  "package, which is not installed: pip install -r requirements.txt")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    missing = [name for name in MNI152_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--anatomy mni152: {folder} lacks {', '.join(missing)} (nilearn version without "
+                                "the bundled MNI152 2009a template?)")
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def mni152() -> MNI152:
+    """Load the template once per process (about 2 s). The inner skull surface is the brain mask (non-zero
+    skull-stripped T1, or any tissue) smoothed over ~4 mm, so that it bridges the sulci as the skull does;
+    CSF is everything inside it that is neither grey nor white matter."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    folder = mni152_folder()
+    imgs = {name: nib.load(folder / f) for name, f in MNI152_FILES.items()}
+    affine = imgs["t1"].affine
+    vols = {name: np.asarray(img.dataobj) for name, img in imgs.items()}
+    if any(v.shape != vols["t1"].shape or v.dtype != np.uint8 for v in vols.values()) or \
+            not all(np.allclose(img.affine, affine) for img in imgs.values()):
+        raise ValueError(f"{folder}: the MNI152 files do not share one uint8 grid")
+    brain = (vols["t1"] > 0) | (vols["gm"].astype(np.int16) + vols["wm"] > 12)
+    n = [d // _MNI_STEP for d in brain.shape]
+    coarse = brain[:n[0] * _MNI_STEP, :n[1] * _MNI_STEP, :n[2] * _MNI_STEP].reshape(
+        n[0], _MNI_STEP, n[1], _MNI_STEP, n[2], _MNI_STEP).mean((1, 3, 5), dtype=np.float32)
+    pad = 40 // _MNI_STEP  # room for the skull and scalp outside the template's box
+    inside = ndimage.binary_fill_holes(np.pad(ndimage.gaussian_filter(coarse, 4.0 / _MNI_STEP) > 0.3, pad))
+    skull = _MNI_STEP * (ndimage.distance_transform_edt(~inside) - ndimage.distance_transform_edt(inside))
+    return MNI152(vols["gm"], vols["wm"], np.linalg.inv(affine), skull.astype(F32),
+                  skull_offset=(_MNI_STEP - 1) / 2 - pad * _MNI_STEP)
+
+
+def _sample(volume: np.ndarray, idx: np.ndarray, cval: float = 0.0) -> np.ndarray:
+    """Trilinear samples of `volume` at fractional indices idx (3, ...), cval outside."""
+    from scipy import ndimage
+
+    out = ndimage.map_coordinates(volume, idx.reshape(3, -1), order=1, mode="constant", cval=cval,
+                                  output=np.float32)
+    return out.reshape(idx.shape[1:])
+
+
+def brain2d_mni152(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 64),
+                   acquisition: str = "AXT2", fov_mm: float = BRAIN_FOV_MM) -> tuple[np.ndarray, np.ndarray]:
+    """Axial brain stack (slices, H, W) complex64 drawn from the MNI152 template, and the 4x4 affine from
+    (slice, row, col) indices to MNI mm. A random slab (centre z uniform in [5, 40] mm MNI: basal ganglia
+    to centrum semiovale) under a random rigid transform with +-10% scaling; each voxel averages 2x2
+    in-plane x 3 through-slice samples (partial volume over the slice thickness). Tissue signal: the
+    protocol's BRAIN_TISSUES (jittered) weighted by the GM, WM and CSF (= inside the skull minus GM minus
+    WM) fractions; skull (tables and diploe) and scalp are shells of random thickness around the inner
+    skull surface (the template is skull-stripped). Phase, textures and fine grain as `brain2d`."""
+    t = _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition, "brain", rng)
+    tex = _subject_texture(rng)
+    template = mni152()
+    spacing, pix = slice_spacing_mm("brain2d", slices), fov_mm / max(shape)
+    P = _stack_grid(slices, shape, fov_mm, spacing, "axial")
+    M, shift = _placement(rng, max_deg=(6, 6, 10), max_shift_mm=(5, 8, 0), scale_range=(0.9, 1.1),
+                          center=(0.0, -18.0, rng.uniform(5.0, 40.0)))
+    A = P @ M + shift  # MNI mm of the voxel centres
+    sub = np.array([(dx, dy, dz) for dx in (-pix / 4, pix / 4) for dy in (-pix / 4, pix / 4)
+                    for dz in (-spacing / 3, 0.0, spacing / 3)], F32) @ M
+    to_vox = template.to_voxel.astype(F32)
+    frac = {"gm": 0.0, "wm": 0.0}
+    for d in sub:  # partial volume: mean tissue fractions over the voxel
+        idx = np.moveaxis((A + d) @ to_vox[:3, :3].T + to_vox[:3, 3], -1, 0)
+        for name in frac:
+            frac[name] = frac[name] + _sample(getattr(template, name), idx) / F32(255 * len(sub))
+    idx = np.moveaxis(A @ to_vox[:3, :3].T + to_vox[:3, 3], -1, 0)
+    d_skull = _sample(template.skull, (idx - F32(template.skull_offset)) / F32(_MNI_STEP), cval=1e3)
+    d_skull = d_skull + F32(0.8) * _texture(A, rng, 40, pix)  # the skull is not a smoothed brain: let it wander
+
+    w = 0.45 * pix
+    skull, scalp = rng.uniform(5, 8), rng.uniform(4, 7)
+    cv = _Canvas(A.shape[:-1])
+    cv.paint(_fill(d_skull - F32(skull + scalp), w), t["scalp"] * (1 + 0.05 * tex(A, 8, pix)))
+    cv.paint(_fill(d_skull - F32(skull), w), t["skull"])
+    cv.paint(_fill(d_skull - F32(skull - 1.6), w) - _fill(d_skull - F32(1.6), w),
+             t["diploe"] * (1 + 0.1 * tex(A, 4, pix)))
+    inside = _fill(d_skull, w)
+    gm, wm = frac["gm"], frac["wm"]
+    csf = np.clip(inside - gm - wm, 0, 1)
+    brain = (wm * t["wm"] * (1 + 0.03 * tex(A, 10, pix)) + gm * t["gm"] * (1 + 0.05 * tex(A, 5, pix))
+             + csf * t["csf"])
+    mag = (cv.img * (1 - inside) + brain) * _fine_texture(A, rng, pix)
+    img = _complex(mag, _stack_phase(rng, slices, shape))
+
+    # (slice, row, col) -> MNI mm: the voxel grid of `_stack_grid`, then the placement
+    steps = np.array([[0, 0, spacing], [0, -pix, 0], [pix, 0, 0]], np.float64) @ M
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = steps.T, A[0, 0, 0]
+    return img, affine
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -428,6 +595,7 @@ def _cine(P: np.ndarray, s: np.ndarray, levels: np.ndarray, rng: np.random.Gener
     and long-axis levels (slices,) from base 0 to apex 1."""
     w = 0.45 * pix
     j = lambda v, rel=0.08: v * rng.uniform(1 - rel, 1 + rel)  # noqa: E731
+    tex = _subject_texture(rng)
     x, y = P[..., 0], P[..., 1]
     cv = _Canvas((P.shape[0], len(s)) + P.shape[2:4])
     s = s[None, :, None, None]
@@ -437,7 +605,7 @@ def _cine(P: np.ndarray, s: np.ndarray, levels: np.ndarray, rng: np.random.Gener
     body = _ellipsoid(P, (0, 0, 0), (j(165), j(112), 1e5), p=2.3)
     fat_mm, wall_mm = rng.uniform(8, 22), rng.uniform(10, 16)
     cv.paint(_fill(body, w), t["fat"])
-    cv.paint(_fill(body + F32(fat_mm), w), t["muscle"] * (1 + 0.06 * _texture(P, rng, 6, pix)))
+    cv.paint(_fill(body + F32(fat_mm), w), t["muscle"] * (1 + 0.06 * tex(P, 6, pix)))
     cv.paint(_fill(body + F32(fat_mm + wall_mm), w), t["soft"])
     vessels = _fill(F32(2.0) - _texture(P, rng, 9, pix), w)
     lungs = np.minimum(_ellipsoid(P, (-78, 2, 0), (j(60), j(82), 1e5)), _ellipsoid(P, (82, 0, 0), (j(55), j(80), 1e5)))
@@ -452,7 +620,7 @@ def _cine(P: np.ndarray, s: np.ndarray, levels: np.ndarray, rng: np.random.Gener
     cv.paint(_fill(np.maximum(lungs, -(pericardium - 4)), w), t["lung"] + (t["soft"] - t["lung"]) * vessels)
     cv.paint(_fill(pericardium, w), t["fat"])
     spine = _disc(x, y, 0, -75, j(17))
-    cv.paint(_fill(spine, w), t["marrow"] * (1 + 0.1 * _texture(P, rng, 4, pix)))
+    cv.paint(_fill(spine, w), t["marrow"] * (1 + 0.1 * tex(P, 4, pix)))
     cv.paint(_fill(spine, w) - _fill(spine + 2, w), t["cortex"])
     cv.paint(_fill(_disc(x, y, 0, -101, 7), w), t["csf"])
     cv.paint(_fill(_disc(x, y, 22, -52, j(11)), w), t["blood"])  # descending aorta
@@ -465,9 +633,9 @@ def _cine(P: np.ndarray, s: np.ndarray, levels: np.ndarray, rng: np.random.Gener
     lv_endo, lv_epi = _disc(x, y, hx, hy, r_endo), _disc(x, y, hx, hy, r_epi)
     k = 1 - 0.7 * eject * s
     rv_out = _ellipse(x, y, hx + (rv_cx - hx) * k, rv_cy, (1.5 * r_lv + 3) * k, (1.15 * r_lv + 3) * k)
-    cv.paint(_fill(np.minimum(lv_epi, rv_out), w), t["myocardium"] * (1 + 0.04 * _texture(P, rng, 5, pix)))
+    cv.paint(_fill(np.minimum(lv_epi, rv_out), w), t["myocardium"] * (1 + 0.04 * tex(P, 5, pix)))
     cv.paint(_fill(np.maximum(rv_out + 3, -(lv_epi)), w), t["blood"])
-    cv.paint(_fill(lv_endo, w), t["blood"] * (1 + 0.03 * _texture(P, rng, 6, pix)))
+    cv.paint(_fill(lv_endo, w), t["blood"] * (1 + 0.03 * tex(P, 6, pix)))
     for ang in np.deg2rad([-40.0, -140.0]):  # papillary muscles ride on the posterior wall
         rr = 0.7 * r_endo
         cv.paint(_fill(_disc(x, y, hx + rr * np.cos(ang), hy + rr * np.sin(ang), 0.17 * r_lv * (1 + 0.6 * s)), w),
@@ -491,6 +659,6 @@ def cine(rng: np.random.Generator, slices: int, frames: int, shape: tuple[int, i
     base = rng.uniform(0.05, 0.3)
     levels = np.linspace(base, base + min(0.6, 0.15 * (slices - 1)), slices) if slices > 1 else np.array([base + 0.2])
     s = contraction(np.arange(frames) * cycles / frames)
-    mag = _cine(P, s, levels.astype(F32), rng, CINE_TISSUES, pix)
+    mag = _cine(P, s, levels.astype(F32), rng, jitter_tissues(rng, CINE_TISSUES), pix)
     phase = _stack_phase(rng, slices, shape)[:, None]  # static: the same for every frame
     return _complex(mag, phase)

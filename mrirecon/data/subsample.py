@@ -10,7 +10,9 @@ the effective acceleration and the size of the fully sampled calibration region.
 
 Seeds: one integer seed fixes a mask. Validation and test masks are seeded by `seed_from_name` so each
 file sees the same mask in every run, process and on every machine; the 1D masks reproduce fastMRI's
-(`fastmri.data.subsample`) masks exactly for the same integer seed.
+(`fastmri.data.subsample`) masks exactly for the same integer seed. Training draws (`training=True`) of
+Poisson-disc masks come from a precomputed bank (`PoissonMask2D` `bank`, see `mask_bank`); every other
+draw is computed for its seed.
 """
 from __future__ import annotations
 
@@ -131,13 +133,15 @@ class MaskFunc:
         return len(self.sampled_dims)
 
     def __call__(self, shape: Sequence[int], seed: int | None = None,
-                 rng: np.random.Generator | None = None) -> Mask:
+                 rng: np.random.Generator | None = None, training: bool = False) -> Mask:
         """Draw a mask for k-space of `shape` (C, *S).
 
         seed: an integer in [0, 2**32) fixes the mask (e.g. `seed_from_name(fname)`); rng: draw the
-        seed from this generator instead; neither: a fresh random mask.
+        seed from this generator instead; neither: a fresh random mask. training: a training draw, which
+        a mask type may serve from precomputed masks (`PoissonMask2D` `bank`); still fixed by the seed.
         """
-        return self._sample(self._check_shape(shape), _resolve_seed(seed, rng))
+        shape, seed = self._check_shape(shape), _resolve_seed(seed, rng)
+        return self._sample_training(shape, seed) if training else self._sample(shape, seed)
 
     def _check_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         try:
@@ -151,6 +155,9 @@ class MaskFunc:
 
     def _sample(self, shape: tuple[int, ...], seed: int) -> Mask:
         raise NotImplementedError
+
+    def _sample_training(self, shape: tuple[int, ...], seed: int) -> Mask:
+        return self._sample(shape, seed)  # masks that are cheap to draw are drawn for every training sample
 
     def __repr__(self) -> str:
         params = inspect.signature(type(self).__init__).parameters
@@ -391,6 +398,16 @@ class PoissonMask2D(MaskFunc):
     from `_retry_seed(seed, k)`, k = 1 .. `max_reseeds`: still a pure function of the seed (fixed
     masks per file, the same in every process), and unchanged for every seed sigpy itself handles.
     ValueError if none reaches the target.
+
+    Mask bank: a training draw (`training=True`) costs tens of ms at knee3d sizes, for every slice of
+    every epoch, so it takes its mask from a bank of `bank` precomputed masks per (ky-kz size,
+    acceleration, settings): entry j is the mask of seed j, and the draw's seed picks the acceleration
+    and then j, both from np.random.RandomState(seed), so runs stay reproducible and slices and epochs
+    still see different masks (out of `bank`). The bank is built once (a few seconds at 64x48, 256
+    masks) and kept in `bank_cache` (default $MRIRECON_MASK_CACHE or ~/.cache/mrirecon/masks), see
+    `mask_bank`. bank=0 draws every training mask afresh. Validation and test draws never use the
+    bank: they keep the exact mask of their file's seed. Only this mask type has a bank: the others
+    cost microseconds to draw.
     """
 
     sampled_dims = (-2, -1)
@@ -399,7 +416,8 @@ class PoissonMask2D(MaskFunc):
 
     def __init__(self, accelerations: Sequence[float], calib_size: Sequence[int] | int = (20, 20),
                  crop_corner: bool = True, max_attempts: int = 30, tol: float = 0.1,
-                 max_rel_error: float = 0.1, max_reseeds: int = 8):
+                 max_rel_error: float = 0.1, max_reseeds: int = 8, bank: int = 256,
+                 bank_cache: str | None = None):
         self.accelerations = _check_accelerations(accelerations, minimum=1.0, strict=True)
         if isinstance(calib_size, numbers.Integral) and not isinstance(calib_size, bool):
             calib_size = (calib_size, calib_size)
@@ -421,20 +439,54 @@ class PoissonMask2D(MaskFunc):
         if not (isinstance(max_reseeds, numbers.Integral) and max_reseeds >= 0):
             raise ValueError(f"max_reseeds must be an int >= 0, got {max_reseeds!r}")
         self.max_reseeds = int(max_reseeds)
+        if isinstance(bank, bool) or not isinstance(bank, numbers.Integral) or bank < 0:
+            raise ValueError(f"bank must be an int >= 0 (masks per setting; 0: draw every training mask afresh), "
+                             f"got {bank!r}")
+        self.bank = int(bank)
+        if bank_cache is not None and not isinstance(bank_cache, (str, os.PathLike)):
+            raise ValueError(f"bank_cache must be a folder (a string) or null, got {bank_cache!r}")
+        self.bank_cache = bank_cache
 
-    def _sample(self, shape: tuple[int, ...], seed: int) -> Mask:
+    def _draw_acceleration(self, shape: tuple[int, ...], rs: np.random.RandomState) -> float:
         ny, nx = shape[-2:]
         cy, cz = self.calib_size
-        acceleration = self.accelerations[np.random.RandomState(seed).randint(len(self.accelerations))]
+        acceleration = self.accelerations[rs.randint(len(self.accelerations))]
         if cy >= ny or cz >= nx:
             raise ValueError(f"calib_size {self.calib_size} must be smaller than the ky-kz size {(ny, nx)}")
         if cy * cz * acceleration > ny * nx:
             raise ValueError(f"calib_size {self.calib_size} alone samples more than 1/{acceleration:g} of the "
                              f"{ny}x{nx} ky-kz locations: lower calib_size or accelerations")
-        grid, accel = _poisson_mask(ny, nx, float(acceleration), self.calib_size, seed, self.crop_corner,
+        return float(acceleration)
+
+    def _sample(self, shape: tuple[int, ...], seed: int) -> Mask:
+        ny, nx = shape[-2:]
+        acceleration = self._draw_acceleration(shape, np.random.RandomState(seed))
+        grid, accel = _poisson_mask(ny, nx, acceleration, self.calib_size, seed, self.crop_corner,
                                     self.max_attempts, self.tol, self.max_rel_error, self.max_reseeds)
+        return self._mask(shape, grid, accel, acceleration)
+
+    def _sample_training(self, shape: tuple[int, ...], seed: int) -> Mask:
+        if self.bank == 0:
+            return self._sample(shape, seed)
+        from .mask_bank import load_bank
+
+        rs = np.random.RandomState(seed)
+        acceleration = self._draw_acceleration(shape, rs)
+        entry = rs.randint(self.bank)  # the next draw of the same generator: independent of the acceleration's
+        bank = load_bank(self.bank_settings(shape, acceleration), self.bank_cache)
+        return self._mask(shape, bank.masks[entry], float(bank.accelerations[entry]), acceleration)
+
+    def bank_settings(self, shape: Sequence[int], acceleration: float):
+        """The `mask_bank.BankSettings` of this mask function's bank for ky-kz `shape[-2:]` at `acceleration`."""
+        from .mask_bank import BankSettings
+
+        return BankSettings(int(shape[-2]), int(shape[-1]), float(acceleration), self.calib_size, self.crop_corner,
+                            self.max_attempts, self.tol, self.max_rel_error, self.max_reseeds, self.bank)
+
+    def _mask(self, shape: tuple[int, ...], grid: np.ndarray, accel: float, nominal: float) -> Mask:
+        ny, nx = shape[-2:]
         mask = torch.from_numpy(grid.astype(np.float32)).reshape(*([1] * (len(shape) - 2)), ny, nx)
-        return Mask(mask, accel, self.calib_size, float(acceleration))
+        return Mask(mask, accel, self.calib_size, nominal)
 
 
 @functools.lru_cache(maxsize=512)

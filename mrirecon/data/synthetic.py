@@ -2,15 +2,19 @@
 
     python -m mrirecon.data.synthetic --kind knee2d --out data/synthetic/knee2d
 
-Each volume: an anatomy-like complex image (`phantoms`), birdcage coil sensitivities normalised so that
-sum_c |S_c|^2 = 1 (sigpy.mri.birdcage_maps), centred orthonormal FFT (the convention of
-`mrirecon.physics.fftc`), plus complex Gaussian measurement noise. `reconstruction_rss` is computed from
-the noisy, fully sampled k-space exactly as fastMRI does (RSS of the coil images, centre-cropped to the
-recon size).
+Each volume: an anatomy-like complex image (`phantoms`: the built-in models, or for brain2d with
+`anatomy="mni152"` the MNI152 template), the sensitivities of a loop-coil array (`_coil_maps`: drawn per
+volume, not normalised, so the coil images carry a smooth bias field as real receive fields do), centred
+orthonormal FFT (the convention of `mrirecon.physics.fftc`), plus complex Gaussian measurement noise.
+`reconstruction_rss` is computed from the noisy, fully sampled k-space exactly as fastMRI does (RSS of the
+coil images, centre-cropped to the recon size).
 
-Noise: `noise` is relative to the signal. Every k-space sample gets circular complex Gaussian noise with
-E|n|^2 = sigma^2, sigma = noise * max|image| of the volume (real and imaginary parts each sigma/sqrt 2).
-The FFT is orthonormal, so each coil image carries the same sigma per pixel.
+Noise: `noise` is the median level relative to the signal; each volume draws its level log-uniformly in
+[noise / 2, 2 noise] (NOISE_SPREAD). k-space gets circular complex Gaussian noise with E|n|^2 = sigma^2
+averaged over coils, sigma = level * max|image| of the volume (before the coils), white noise mixed
+across coils by a random (C, C) matrix (`_coil_noise`: coil noise levels differ and neighbours
+correlate). attrs `noise_level` and `noise_sigma` record the draw. The FFT is orthonormal, so each coil
+image carries the same sigma per pixel as its k-space.
 
 Volumes are split ~70/15/15 into train/val/test (each split gets at least one volume when there are
 three or more) and numbered across splits (knee2d_000.h5, ...). Volume i depends only on (seed, kind, i).
@@ -43,6 +47,14 @@ DEFAULTS: dict[str, dict] = {
     "knee3d": dict(volumes=10, coils=8, size=(32, 64, 48), noise=0.01),
     "cine": dict(volumes=10, coils=8, slices=2, frames=12, size=(64, 64), noise=0.01),
 }
+
+# Written into every file (attr `generator_version`): 2 = per-volume noise level, coil array with bias field,
+# tissue and texture jitter (version 1, without the attr: fixed noise, normalised birdcage maps).
+GENERATOR_VERSION = 2
+
+# Where the anatomy comes from: the built-in models (`phantoms`), or, for brain2d, the MNI ICBM152 2009a
+# template read from the installed nilearn package (`phantoms.brain2d_mni152`).
+ANATOMIES = ("model", "mni152")
 
 KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
 # Roughly the mix of the fastMRI brain set (mostly T2 and post-contrast T1).
@@ -80,19 +92,23 @@ def _center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _acquire(rng: np.random.Generator, coil_images: Callable[[int], np.ndarray], n: int, coil_axis: int,
-             noise: float, peak: float) -> tuple[np.ndarray, np.ndarray]:
+             noise: float, peak: float, coil_mixing: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fully sampled k-space of n slabs (slices, or readout positions) and its RSS image.
 
     coil_images(i) gives slab i with coils on `coil_axis`; k-space is its FFT over the last two axes plus
-    circular complex Gaussian noise of E|n|^2 = (noise * peak)^2. The RSS is taken from the noisy k-space,
-    as fastMRI's targets are. One slab at a time keeps memory near the size of the output."""
+    circular complex Gaussian noise of E|n|^2 = (noise * peak)^2, averaged over coils: white noise mixed
+    across coils by `coil_mixing` (C, C) when given (`_coil_noise`). The RSS is taken from the noisy
+    k-space, as fastMRI's targets are. One slab at a time keeps memory near the size of the output."""
     sigma = np.float32(noise * peak / np.sqrt(2.0))
     kspace = rss = None
     for i in range(n):
         k = centered_fft2(coil_images(i).astype(np.complex64))
         if noise > 0:
-            k += sigma * (rng.standard_normal(k.shape, dtype=np.float32)
-                          + 1j * rng.standard_normal(k.shape, dtype=np.float32))
+            white = sigma * (rng.standard_normal(k.shape, dtype=np.float32)
+                             + 1j * rng.standard_normal(k.shape, dtype=np.float32))
+            if coil_mixing is not None:
+                white = np.moveaxis(np.tensordot(coil_mixing, np.moveaxis(white, coil_axis, 0), axes=1), 0, coil_axis)
+            k += white.astype(np.complex64)
         r = _rss(centered_fft2(k, inverse=True), axis=coil_axis)
         if kspace is None:
             kspace, rss = np.empty((n,) + k.shape, np.complex64), np.empty((n,) + r.shape, np.float32)
@@ -100,19 +116,81 @@ def _acquire(rng: np.random.Generator, coil_images: Callable[[int], np.ndarray],
     return kspace, rss
 
 
-def _coil_maps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Birdcage sensitivities (coils, *shape) with sum_c |S_c|^2 = 1; the coil ring radius varies."""
-    import sigpy.mri  # slow to import (numba); only needed once volumes are made
+# Per-volume noise floor: the level is log-uniform in [noise / NOISE_SPREAD, noise * NOISE_SPREAD], so that
+# `noise` is its median (scanners, coils, voxel sizes and patients give different SNR).
+NOISE_SPREAD = 2.0
 
-    C = shape[0]
-    maps = sigpy.mri.birdcage_maps(shape, r=rng.uniform(1.2, 1.8), nzz=min(C, 8), dtype=np.complex128)
-    return (maps / np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True))).astype(np.complex64)
+
+def _noise_level(rng: np.random.Generator, noise: float) -> float:
+    """This volume's noise level relative to its image maximum (drawn even for noise 0: same images)."""
+    return float(noise * np.exp(rng.uniform(-np.log(NOISE_SPREAD), np.log(NOISE_SPREAD))))
+
+
+def _coil_noise(rng: np.random.Generator, coils: int) -> np.ndarray:
+    """(C, C) mixing L of white noise, so coil noise covariance L L^H: per-coil noise std varies ~15% and
+    neighbouring receivers couple (correlations up to ~0.3, as in measured noise covariances); the mean
+    of the diagonal of L L^H is 1, so the level is the coil-averaged one."""
+    L = np.diag(np.exp(rng.normal(0.0, 0.15, coils)))
+    couple = rng.uniform(0.05, 0.2) * (rng.standard_normal((coils, coils)) + 1j * rng.standard_normal((coils, coils)))
+    L = L + np.triu(couple, 1) * (np.abs(np.subtract.outer(np.arange(coils), np.arange(coils))) <= 2)
+    L = L / np.sqrt(np.mean((np.abs(L) ** 2).sum(1)))
+    return L.astype(np.complex64)
+
+
+def _coil_maps(rng: np.random.Generator, shape: tuple[int, ...], extent: tuple[int, ...] | None = None) -> np.ndarray:
+    """Receive sensitivities (coils, *spatial) of a ring of loop coils around the object, NOT normalised to
+    sum_c |S_c|^2 = 1: like real receive fields they leave a smooth intensity non-uniformity (brighter near
+    the coils, ~2x darker in the centre). Spatial is (H, W) or (Z, H, W); the ring lies in the last two axes.
+
+    Each volume draws its own array: ring rotation, elliptical semi-axes 1.1-1.6 and offset +-0.15 (in units
+    of the object's half-size, `extent` pixels, default the grid; pixels are square), coil angles jittered,
+    loop radii 0.7-1.1 (+-15% per coil), gains log-normal (15%), phases uniform, and coils out of the plane
+    by +-0.3; 3D with 8 or more coils: two rings at +-(0.3-0.6) along Z. A loop of radius rho at distance d
+    has |S| = (rho^2 / (rho^2 + d^2))^(3/2) (its on-axis field); the phase winds once around it. The maps are
+    scaled so that the RMS of sqrt(sum_c |S_c|^2) over the object's disc is 1 (magnitudes O(1))."""
+    C, spatial = shape[0], tuple(shape[1:])
+    extent = tuple(extent) if extent is not None else spatial
+    half = max(extent[-2:]) / 2.0
+    axes = [(np.arange(n) - n // 2) / half for n in spatial]
+    grid = np.meshgrid(*axes, indexing="ij")
+    u, v = grid[-2], grid[-1]
+    w = grid[0] if len(spatial) == 3 else np.zeros_like(u)
+
+    theta0 = rng.uniform(0, 2 * np.pi)
+    a = rng.uniform(1.1, 1.6)
+    b = a * rng.uniform(0.75, 1.1)
+    offset = rng.uniform(-0.15, 0.15, 2)
+    rings = 2 if len(spatial) == 3 and C >= 8 else 1
+    ring = np.arange(C) % rings
+    per_ring = np.bincount(ring, minlength=rings)
+    pos_in_ring = np.arange(C) // rings
+    theta = (theta0 + 2 * np.pi * (pos_in_ring + 0.5 * ring) / per_ring[ring]
+             + rng.normal(0, 0.1 * 2 * np.pi / C, C))
+    if rings == 2:
+        height = rng.uniform(0.3, 0.6)
+        out_of_plane = np.where(ring == 0, height, -height) + rng.normal(0, 0.05, C)
+    else:
+        out_of_plane = rng.uniform(-0.3, 0.3, C)
+    rho = rng.uniform(0.7, 1.1) * rng.uniform(0.85, 1.15, C)
+    gain = np.exp(rng.normal(0, 0.15, C))
+    phase = rng.uniform(0, 2 * np.pi, C)
+    cu, cv = offset[0] + a * np.cos(theta), offset[1] + b * np.sin(theta)
+
+    maps = np.empty(shape, np.complex64)
+    for c in range(C):
+        du, dv, dw = u - cu[c], v - cv[c], w - out_of_plane[c]
+        mag = gain[c] * (rho[c] ** 2 / (rho[c] ** 2 + du ** 2 + dv ** 2 + dw ** 2)) ** 1.5
+        maps[c] = mag * np.exp(1j * (np.arctan2(dv, du) + phase[c]))
+    disc = (u ** 2 + v ** 2 <= 1) & (np.abs(w) <= 1)
+    scale = np.sqrt(np.mean((np.abs(maps[:, disc]) ** 2).sum(0)))
+    return (maps / scale).astype(np.complex64)
 
 
 def _fastmri_volume(kind: str, rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
     """knee2d / brain2d: image at recon size in a 2x longer readout FOV; target cropped back (fastMRI)."""
     slices, coils, (rH, rW) = cfg["slices"], cfg["coils"], cfg["size"]
     # zoom > 1: a smaller field of view on the same anatomy (it looks larger); same random draws.
+    extra = {}
     if kind == "knee2d":
         acq = str(rng.choice(KNEE_ACQUISITIONS))
         fov = phantoms.KNEE_FOV_MM / cfg.get("zoom", 1.0)
@@ -120,18 +198,30 @@ def _fastmri_volume(kind: str, rng: np.random.Generator, cfg: dict) -> tuple[dic
     else:
         acq = str(rng.choice(list(BRAIN_ACQUISITIONS), p=list(BRAIN_ACQUISITIONS.values())))
         fov = phantoms.BRAIN_FOV_MM / cfg.get("zoom", 1.0)
-        img = phantoms.brain2d(rng, slices, (rH, rW), acq, fov_mm=fov)
+        if cfg.get("anatomy", "model") == "mni152":
+            img, affine = phantoms.brain2d_mni152(rng, slices, (rH, rW), acq, fov_mm=fov)
+            extra["mni152_affine"] = affine  # (slice, row, col, 1) of reconstruction_rss -> MNI mm
+        else:
+            img = phantoms.brain2d(rng, slices, (rH, rW), acq, fov_mm=fov)
     H, W = 2 * rH, rW
     full = np.zeros((slices, H, W), np.complex64)
     full[:, (H - rH) // 2:(H - rH) // 2 + rH] = img
-    maps = _coil_maps(rng, (coils, H, W))
-    kspace, rss = _acquire(rng, lambda i: full[i] * maps, slices, FASTMRI.coil_axis - 1, cfg["noise"],
-                           float(np.abs(img).max()))
+    maps = _coil_maps(rng, (coils, H, W), extent=(rH, rW))
+    peak, level = float(np.abs(img).max()), _noise_level(rng, cfg["noise"])
+    kspace, rss = _acquire(rng, lambda i: full[i] * maps, slices, FASTMRI.coil_axis - 1, level, peak,
+                           _coil_noise(rng, coils))
     target = _center_crop(rss, (rH, rW))
     pix, thickness = fov / max(rH, rW), phantoms.slice_spacing_mm(kind, slices)
     header = make_header((H, W, 1), (rH, rW, 1), kspace_center=W // 2, kspace_max=W - 1,
                          fov_mm=(rH * pix, rW * pix, thickness), coils=coils, slices=slices)
-    return {KSPACE: kspace, TARGET: target, HEADER: np.bytes_(header)}, {"acquisition": acq}
+    return ({KSPACE: kspace, TARGET: target, HEADER: np.bytes_(header)},
+            {"acquisition": acq, **_noise_attrs(level, peak), **extra})
+
+
+def _noise_attrs(level: float, peak: float) -> dict:
+    """noise_level: this volume's drawn level relative to the image maximum; noise_sigma: the k-space noise
+    std (E|n|^2 = sigma^2 per sample, averaged over coils)."""
+    return {"noise_level": level, "noise_sigma": level * peak}
 
 
 def _knee3d_volume(rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
@@ -140,9 +230,10 @@ def _knee3d_volume(rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
     acq = KNEE3D.acquisitions[0]
     img = phantoms.knee3d(rng, shape, acq)
     maps = _coil_maps(rng, (coils,) + tuple(shape))
-    kspace, target = _acquire(rng, lambda x: img[x] * maps[:, x], shape[0], KNEE3D.coil_axis - 1, cfg["noise"],
-                              float(np.abs(img).max()))
-    return {KSPACE: kspace, TARGET: target}, {"acquisition": acq}
+    peak, level = float(np.abs(img).max()), _noise_level(rng, cfg["noise"])
+    kspace, target = _acquire(rng, lambda x: img[x] * maps[:, x], shape[0], KNEE3D.coil_axis - 1, level, peak,
+                              _coil_noise(rng, coils))
+    return {KSPACE: kspace, TARGET: target}, {"acquisition": acq, **_noise_attrs(level, peak)}
 
 
 def _cine_volume(rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
@@ -150,9 +241,11 @@ def _cine_volume(rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
     img = phantoms.cine(rng, slices, frames, (H, W))
     rr_ms = rng.uniform(750.0, 1100.0)  # one heartbeat over the frames
     maps = _coil_maps(rng, (coils, H, W))
-    kspace, target = _acquire(rng, lambda i: img[i][:, None] * maps, slices, CINE.coil_axis - 1, cfg["noise"],
-                              float(np.abs(img).max()))
-    return {KSPACE: kspace, TARGET: target}, {"acquisition": CINE.acquisitions[0], "frame_period_ms": rr_ms / frames}
+    peak, level = float(np.abs(img).max()), _noise_level(rng, cfg["noise"])
+    kspace, target = _acquire(rng, lambda i: img[i][:, None] * maps, slices, CINE.coil_axis - 1, level, peak,
+                              _coil_noise(rng, coils))
+    return {KSPACE: kspace, TARGET: target}, {"acquisition": CINE.acquisitions[0], "frame_period_ms": rr_ms / frames,
+                                              **_noise_attrs(level, peak)}
 
 
 def make_volume(kind: str, index: int, seed: int = 0, **settings) -> tuple[dict[str, np.ndarray], dict]:
@@ -166,14 +259,16 @@ def make_volume(kind: str, index: int, seed: int = 0, **settings) -> tuple[dict[
     else:
         data, attrs = _cine_volume(rng, cfg)
     target = data[TARGET]
-    attrs.update(max=float(target.max()), norm=float(np.linalg.norm(target)),
-                 patient_id=f"synthetic-{kind}-seed{seed}-{index:03d}")
+    anatomy = cfg.get("anatomy", "model")
+    attrs.update(max=float(target.max()), norm=float(np.linalg.norm(target)), anatomy=anatomy,
+                 generator_version=GENERATOR_VERSION,
+                 patient_id=f"synthetic-{kind}{'-' + anatomy if anatomy != 'model' else ''}-seed{seed}-{index:03d}")
     return data, attrs
 
 
 def _config(kind: str, volumes: int | None = None, coils: int | None = None, slices: int | None = None,
             frames: int | None = None, size: tuple[int, ...] | None = None, noise: float | None = None,
-            zoom: float | None = None) -> dict:
+            zoom: float | None = None, anatomy: str | None = None) -> dict:
     """Defaults of `kind` overridden by the given settings, validated (ValueError names the setting)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -197,6 +292,13 @@ def _config(kind: str, volumes: int | None = None, coils: int | None = None, sli
         raise ValueError(f"--noise must be a finite number >= 0, got {cfg['noise']!r}")
     if "zoom" in cfg and not (cfg["zoom"] > 0 and np.isfinite(cfg["zoom"])):
         raise ValueError(f"--zoom must be a finite number > 0, got {cfg['zoom']!r}")
+    if anatomy is not None and anatomy != "model":
+        if anatomy not in ANATOMIES:
+            raise ValueError(f"--anatomy must be one of {', '.join(ANATOMIES)}, got {anatomy!r}")
+        if kind != "brain2d":
+            raise ValueError(f"--anatomy {anatomy} draws brains from the MNI152 template: it applies to kind brain2d "
+                             f"only, not {kind} (use --anatomy model)")
+        cfg["anatomy"] = anatomy
     return cfg
 
 
@@ -253,16 +355,17 @@ def generate(kind: str, out: str | os.PathLike, volumes: int | None = None, seed
              coils: int | None = None, slices: int | None = None, frames: int | None = None,
              size: tuple[int, ...] | None = None, noise: float | None = None,
              overwrite: bool = False, progress: bool = False, zoom: float | None = None,
-             undersampled_test: int | None = None) -> dict[str, list[Path]]:
+             undersampled_test: int | None = None, anatomy: str | None = None) -> dict[str, list[Path]]:
     """Write a synthetic `kind` dataset under out/{train,val,test}; returns the files per split.
 
     Unset settings take DEFAULTS[kind]. Raises FileExistsError (naming the folder) when a split folder is
     not empty and `overwrite` is False; with `overwrite`, the .h5 files already there are removed first.
     The same (kind, seed, settings) always gives byte-identical arrays. `progress`: a progress bar over
     the volumes (on a terminal). `undersampled_test` (knee2d/brain2d: 4 or 8): the test split is written
-    as fastMRI's test/challenge files are (`undersample_for_test`), to be reconstructed, not scored."""
+    as fastMRI's test/challenge files are (`undersample_for_test`), to be reconstructed, not scored.
+    `anatomy` (ANATOMIES): "mni152" draws brain2d volumes from the MNI152 template instead of the model."""
     cfg = _config(kind, volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise,
-                  zoom=zoom)
+                  zoom=zoom, anatomy=anatomy)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
     n = cfg.pop("volumes")
@@ -310,7 +413,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mrirecon.data.synthetic",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Write a synthetic multi-coil MRI dataset (anatomy-like phantoms, birdcage coils, noise) as\n"
+            "Write a synthetic multi-coil MRI dataset (anatomy-like phantoms, loop-coil arrays, noise) as\n"
             "DIR/train, DIR/val, DIR/test (~70/15/15) in the layouts of mrirecon/data/layouts.py:\n"
             "  knee2d, brain2d  fastMRI multi-coil: kspace (slices, coils, 2*rH, rW) complex64 (readout 2x\n"
             "                   oversampled), reconstruction_rss (slices, rH, rW), ismrmrd_header\n"
@@ -318,7 +421,8 @@ def _parser() -> argparse.ArgumentParser:
             "                   reconstruction_rss (X, Ky, Kz)\n"
             "  cine             kspace (slices, frames, coils, H, W), reconstruction_rss (slices, frames, H, W),\n"
             "                   frames span one heartbeat (attr frame_period_ms)\n"
-            "attrs: acquisition, max, norm (of reconstruction_rss), patient_id."),
+            "attrs: acquisition, max, norm (of reconstruction_rss), patient_id, anatomy, noise_level, noise_sigma\n"
+            "(brain2d --anatomy mni152: also mni152_affine, (slice, row, col, 1) -> MNI mm)."),
         epilog=(f"defaults:\n{defaults}\n\nexample:\n"
                 "  python -m mrirecon.data.synthetic --kind knee2d --out data/synthetic/knee2d --volumes 20"))
     p.add_argument("--kind", required=True, choices=KINDS, help="anatomy and layout")
@@ -332,9 +436,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="image size: rH rW (recon size; k-space is 2*rH x rW) for knee2d/brain2d, "
                         "X Ky Kz for knee3d, H W for cine")
     p.add_argument("--noise", type=float, metavar="SIGMA",
-                   help="k-space noise std relative to the image maximum (complex, E|n|^2 = sigma^2)")
+                   help="median k-space noise std relative to the image maximum (complex, E|n|^2 = sigma^2); each "
+                        "volume draws its level log-uniformly in [SIGMA/2, 2 SIGMA] (attrs noise_level, noise_sigma)")
     p.add_argument("--zoom", type=float, metavar="Z",
                    help="knee2d/brain2d: field of view divided by Z, so the anatomy looks Z times larger (default 1)")
+    p.add_argument("--anatomy", choices=ANATOMIES, default=None,
+                   help="model: the built-in anatomical phantoms (default); mni152 (brain2d only): axial slabs of the "
+                        "MNI ICBM152 2009a template as redistributed in the nilearn package (read from the installed "
+                        "package, not copied), under a random rigid transform, with synthesised contrast")
     p.add_argument("--undersampled-test", type=int, metavar="R", choices=sorted(TEST_CENTER_FRACTIONS),
                    help="knee2d/brain2d: write the test split as fastMRI's test files (undersampled k-space at R, "
                         "its `mask`, no reconstruction_rss)")
@@ -354,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
     if args.layout == "cmrxrecon":  # the CMRxRecon challenge layout (issue 12)
         from .cmrxrecon import generate_cmrxrecon
 
-        if args.kind != "cine" or args.zoom is not None or args.undersampled_test is not None:
+        if args.kind != "cine" or args.zoom is not None or args.undersampled_test is not None or args.anatomy:
             parser.exit(2, f"{parser.prog}: error: --layout cmrxrecon writes cine data only (--kind cine, "
                         "no --zoom / --undersampled-test)\n")
         try:
@@ -370,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
         files = generate(args.kind, args.out, args.volumes, args.seed, coils=args.coils, slices=args.slices,
                          frames=args.frames, size=None if args.size is None else tuple(args.size),
                          noise=args.noise, overwrite=args.overwrite, progress=not args.no_progress, zoom=args.zoom,
-                         undersampled_test=args.undersampled_test)
+                         undersampled_test=args.undersampled_test, anatomy=args.anatomy)
     except (ValueError, FileExistsError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"{args.kind}: wrote {sum(map(len, files.values()))} volumes in {time.perf_counter() - start:.1f} s")

@@ -142,7 +142,7 @@ class ReconTransform:
             seed = seed_from_name(raw.fname)
         else:
             seed = seed_from_name(raw.fname, raw.slice_num, epoch, self.seed)
-        m = self.mask_func(shape, seed=seed)
+        m = self.mask_func(shape, seed=seed, training=not self.deterministic)  # training: may use a mask bank
         return m.mask, float(m.acceleration), float(m.nominal)
 
     def __call__(self, raw: RawSlice, epoch: int = 0) -> ReconSample:

@@ -90,7 +90,10 @@ def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, gen
         print(f"[1/5] generating synthetic {kind} data in {root} ({volumes} volumes)", flush=True)
         generate(kind, root, volumes=volumes, seed=seed, overwrite=_dataset_ready(root), **(generate_args or {}))
     else:
-        print(f"[1/5] using existing data in {root}", flush=True)
+        found = len(list(root.glob("*/*.h5")))
+        print(f"[1/5] using existing data in {root} ({found} volumes"
+              + (f"; --volumes {volumes} applies only to data it writes: `make clean-data` to start afresh)"
+                 if found != volumes else ")"), flush=True)
     print("[2/5] ESPIRiT coil maps (in the maps cache)", flush=True)
     cache_maps(root, kind=kind, workers=2, verbose=False)
     print(f"[3/5] training {cfg.model.num_unrolls}-unroll {cfg.model.dc} network, strategy {cfg.train.strategy}",
@@ -119,7 +122,8 @@ def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, gen
         f"({platform.processor() or platform.machine()}), total {time.perf_counter() - t0:.0f} s "
         f"(training {result.train_seconds:.0f} s).",
         "",
-        f"Command: `python -m mrirecon.demo --kind {kind} {' '.join(overrides)}`".rstrip() + "",
+        f"Command: `python -m mrirecon.demo --kind {kind}"
+        + (f" --volumes {volumes}" if volumes != DEMO_VOLUMES else "") + f" {' '.join(overrides)}".rstrip() + "`",
         "",
         f"Network: {cfg.model.num_unrolls} unrolls ({cfg.model.dc}), prox {cfg.model.prox}, strategy "
         f"{cfg.train.strategy}" + (f" ({cfg.train.num_modules} modules)" if cfg.train.strategy == "gleam" else "")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import sys
 import time
 from pathlib import Path
@@ -213,27 +212,15 @@ METHOD = ("Peak memory: one training step on the first training batch after a wa
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md, runs/, eval/")
-    p.add_argument("--quick", action="store_true", help="tiny data under OUT/quick_data and 1 epoch")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--progress", action="store_true", help="show progress bars")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides for every run, e.g. train.max_epochs=2")
-    return p
+    return mm.experiment_parser(__doc__)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device, fixed = mm.run_settings(args)
     out: Path = args.out
-    fixed = [f"output_dir={out / 'runs'}", f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"]
     quick = [f"data.root={out / 'quick_data'}", *QUICK_OVERRIDES] if args.quick else []
     configs = load_configs([*fixed, *quick, *args.overrides])
-    import pytorch_lightning  # noqa: F401,F811  (it sets its logger's level on import: quieten it afterwards)
-
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    mm.quiet_lightning()
     start = time.perf_counter()
     ref = configs["e2e"]
     result: dict[str, Any] = {"meta": {

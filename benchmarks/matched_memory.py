@@ -405,35 +405,53 @@ METHOD = ("Peak memory: one training step on the first training batch after a wa
 
 
 # ------------------------------------------------------------------------------------------------ main
-def parser() -> argparse.ArgumentParser:
-    kinds = available_kinds()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def experiment_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of every matched-memory script: --out, --quick, --device, --progress and overrides."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md, runs/, eval/")
     p.add_argument("--quick", action="store_true", help="tiny data under OUT/quick_data and 1 epoch")
-    p.add_argument("--only", choices=kinds, default=None,
-                   help="run one kind (default: all of " + ", ".join(kinds) + ")")
-    p.add_argument("--volumes", type=int, default=None, help="volumes of a data set this script generates")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
     p.add_argument("overrides", nargs="*", help="dotted config overrides for every run, e.g. train.max_epochs=2")
     return p
 
 
-def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
+def parser() -> argparse.ArgumentParser:
+    kinds = available_kinds()
+    p = experiment_parser(__doc__)
+    p.add_argument("--only", choices=kinds, default=None,
+                   help="run one kind (default: all of " + ", ".join(kinds) + ")")
+    p.add_argument("--volumes", type=int, default=None, help="volumes of a data set this script generates")
+    return p
+
+
+def run_settings(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
+    """The device --device names (auto: CUDA where there is one) and the overrides every run gets (its output
+    folder under --out, Lightning's accelerator for that device)."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    return device, [f"output_dir={args.out / 'runs'}", f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"]
+
+
+def quiet_lightning() -> None:
+    """Lightning's loggers at WARNING: one progress line per run is enough (it sets their level on import, so
+    import it first)."""
+    import pytorch_lightning  # noqa: F401
+
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    device, fixed = run_settings(args)
     kinds = [args.only] if args.only else available_kinds()
     out: Path = args.out
-    fixed = [f"output_dir={out / 'runs'}", f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"]
     experiments = {}
     for kind in kinds:  # every config is validated before anything runs
         quick = [f"data.root={out / 'quick_data' / kind}", *QUICK_OVERRIDES] if args.quick else []
         experiments[kind] = load_experiment(kind, [*fixed, *quick, *args.overrides])
-    import pytorch_lightning  # noqa: F401  (it sets its logger's level on import: quieten it afterwards)
-
-    for name in ("pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # one progress line per run is enough
+    quiet_lightning()
     start, date, load_start = time.perf_counter(), common.now_utc(), common.load_average()
     result: dict[str, Any] = {"meta": {
         "schema_version": SCHEMA_VERSION, "command": common.command_line(argv, __file__), "date": date,

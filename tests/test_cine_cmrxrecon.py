@@ -119,10 +119,15 @@ def test_old_matlab_file_is_named_with_how_to_convert(cmx, tmp_path):
         cx.open_mat(path)
 
 
-def test_missing_key_is_named(tmp_path):
-    base = tmp_path.joinpath(*TRAINING, "FullSample", "P001")
+def _full_sample(root, arrays: dict) -> None:
+    """A CMRxRecon training folder whose one patient's FullSample/cine_sax.mat holds `arrays`."""
+    base = root.joinpath(*TRAINING, "FullSample", "P001")
     base.mkdir(parents=True)
-    cx.write_mat73(base / "cine_sax.mat", {"kspace": np.zeros((2, 1, 2, 8, 8), np.complex64)})
+    cx.write_mat73(base / "cine_sax.mat", arrays)
+
+
+def test_missing_key_is_named(tmp_path):
+    _full_sample(tmp_path, {"kspace": np.zeros((2, 1, 2, 8, 8), np.complex64)})
     with pytest.raises(DataError, match=r"P001/cine_sax.mat \[kspace_full\]: missing key \(file has \['kspace'\]\)"):
         _dataset(tmp_path)
 
@@ -139,9 +144,7 @@ def test_mask_of_the_wrong_shape_is_named(cmx, tmp_path):
 
 
 def test_single_frame_is_refused(tmp_path):
-    base = tmp_path.joinpath(*TRAINING, "FullSample", "P001")
-    base.mkdir(parents=True)
-    cx.write_mat73(base / "cine_sax.mat", {"kspace_full": np.ones((1, 1, 2, 8, 8), np.complex64)})
+    _full_sample(tmp_path, {"kspace_full": np.ones((1, 1, 2, 8, 8), np.complex64)})
     with pytest.raises(DataError, match=r"\[kspace_full\]: 1 frame .*at least 2 frames"):
         _dataset(tmp_path)
 

@@ -74,7 +74,7 @@ def load_configs(overrides: Sequence[str]) -> dict[str, Config]:
 def prepare_data(cfg: Config, quick: bool) -> Path:
     """Generate the synthetic cine set under data.root if it is missing, then cache ESPIRiT maps."""
     from mrirecon.data.coil_maps import cache_maps
-    from mrirecon.data.synthetic import generate
+    from mrirecon.synthetic.generator import generate
 
     root = Path(cfg.data.root)
     if not mm.dataset_ready(root):

@@ -6,11 +6,11 @@ Runs, in order: the standalone convex fit (unless --weights exists), train.py fo
 the test split, and the zero-filled baseline; writes results/convex/<kind>_table.{json,md}. Configs:
 configs/convex/<kind>_{fit,fixed,finetune,resnet}.yaml.
 
-    python -m mrirecon.data.synthetic --kind knee2d --out data/synthetic/knee2d_convex --volumes 14 --slices 3 --size 64 64 --coils 4
+    python -m mrirecon.synthetic --kind knee2d --out data/synthetic/knee2d_convex --volumes 14 --slices 3 --size 64 64 --coils 4
     python -m mrirecon.data.coil_maps --data data/synthetic/knee2d_convex
     python benchmarks/convex_prox_table.py [--kind knee2d] [--epochs 10]
 
-    python -m mrirecon.data.synthetic --kind brain2d --out data/synthetic/brain2d_convex --volumes 14 --slices 3 --size 64 64 --coils 4
+    python -m mrirecon.synthetic --kind brain2d --out data/synthetic/brain2d_convex --volumes 14 --slices 3 --size 64 64 --coils 4
     python -m mrirecon.data.coil_maps --data data/synthetic/brain2d_convex
     python benchmarks/convex_prox_table.py --kind brain2d [--epochs 10]
 """

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, command_line, load_average, machine_info, now_utc, write_json, write_markdown  # noqa: E402
 
-from mrirecon.data.phantoms import knee2d  # noqa: E402
+from mrirecon.synthetic.phantoms import knee2d  # noqa: E402
 from mrirecon.models.convex import ConvexProblem, TwoLayerReLUConv, sample_gates, solve_gated, solve_relu  # noqa: E402
 from mrirecon.models.convex.patches import patch_matrix, pixel_matrix  # noqa: E402
 

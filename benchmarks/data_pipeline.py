@@ -5,7 +5,7 @@
 
 Data: 2 files in the fastMRI multi-coil knee layout at its real size: k-space (35 slices, 15 coils, 640, 368)
 complex64 (~0.99 GB each), reconstruction_rss (35, 320, 320), ISMRMRD header. Anatomy and coils come
-from `mrirecon.data.synthetic` (5 generated slices repeated to 35: the loader's cost does not depend
+from `mrirecon.synthetic` (5 generated slices repeated to 35: the loader's cost does not depend
 on the content, and generating 35 phantom slices at this size takes minutes). The coil-map cache is
 filled with the generator's own coil maps (ESPIRiT itself costs about a minute per slice of this size
 on a CPU core, a one-off cost per file that the maps cache pays once; timed here on one slice).
@@ -62,7 +62,7 @@ def make_files(folder: Path) -> list[Path]:
     from mrirecon.atomic import atomic_path
     from mrirecon.data.coil_maps import MapCache
     from mrirecon.data.ismrmrd import make_header
-    from mrirecon.data.synthetic import _acquire, _center_crop, _coil_maps, phantoms
+    from mrirecon.synthetic.generator import _acquire, _center_crop, _coil_maps, phantoms
 
     folder.mkdir(parents=True, exist_ok=True)
     cache = MapCache(maps_folder(folder))

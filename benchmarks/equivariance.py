@@ -3,7 +3,7 @@ et al. (MICCAI 2022, scale-equivariant unrolled networks) at tiny sizes.
 
     python benchmarks/equivariance.py --out results/equivariance [--quick] [--steps N] [--threads 1]
 
-Data: synthetic knee2d (`mrirecon.data.synthetic`, its `zoom` option), the same volumes (same seed) at
+Data: synthetic knee2d (`mrirecon.synthetic`, its `zoom` option), the same volumes (same seed) at
 several zooms: zoom 1 for training and the in-distribution test, zooms 0.6 (anatomy smaller) and 1.6
 (larger) for out-of-distribution tests, and zooms 0.8 and 1.25 of the same training volumes as scale
 augmentation. ESPIRiT maps cached once; 4x random 1D masks, a new one per training step.
@@ -43,7 +43,7 @@ from mrirecon.config import Config, load_config  # noqa: E402
 from mrirecon.data.coil_maps import embed_maps  # noqa: E402
 from mrirecon.data.datasets import ReconDataset  # noqa: E402
 from mrirecon.data.subsample import build_mask_func  # noqa: E402
-from mrirecon.data.synthetic import generate  # noqa: E402
+from mrirecon.synthetic.generator import generate  # noqa: E402
 from mrirecon.data.transforms import RawSlice, ReconTransform, to_numpy_magnitude  # noqa: E402
 from mrirecon.evaluation.equivariance import equivariance_errors  # noqa: E402
 from mrirecon.evaluation.metrics import evaluate_volume  # noqa: E402

@@ -7,7 +7,7 @@ GLEAM (Ozturkler et al. 2022) trains 3N unrolls in 3 greedy modules of N within 
 an N-unroll network trained end to end (their brain setup: 24 unrolls in 3 modules vs 8 unrolls). For
 each data kind with configs in configs/matched_memory/ (KIND_e2e, KIND_gleam, KIND_checkpoint,
 KIND_invertible .yaml) this script
-  1. generates the synthetic data set if data.root has none (mrirecon.data.synthetic) and caches the
+  1. generates the synthetic data set if data.root has none (mrirecon.synthetic) and caches the
      ESPIRiT maps (mrirecon.data.coil_maps; files that have maps are skipped),
   2. per config, before training: the peak memory of one training step on the first real training
      batch, after a warm-up step so that Adam's state exists, with only that network alive
@@ -121,7 +121,7 @@ def dataset_ready(root: Path) -> bool:
 def prepare_data(cfg: Config, quick: bool, volumes: int | None) -> Path:
     """Generate the synthetic set under data.root if it is missing, then cache ESPIRiT maps."""
     from mrirecon.data.coil_maps import cache_maps
-    from mrirecon.data.synthetic import generate
+    from mrirecon.synthetic.generator import generate
 
     root, kind = Path(cfg.data.root), cfg.data.kind
     if not dataset_ready(root):
@@ -143,7 +143,7 @@ def prepare_data(cfg: Config, quick: bool, volumes: int | None) -> Path:
 def step_memory(cfg: Config, device: torch.device) -> tuple[dict[str, float], int]:
     """Peak memory (MiB, measure_step_memory's keys) of one training step on the first training batch,
     after a warm-up step; and the network's parameter count. Only this network is alive meanwhile."""
-    from mrirecon.training.datamodule import ReconDataModule
+    from mrirecon.data.datamodule import ReconDataModule
     from mrirecon.training.memory import measure_step_memory
     from mrirecon.training.module import ReconModule
 

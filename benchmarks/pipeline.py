@@ -93,7 +93,7 @@ def worker(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ driver
 def make_data(root: Path, args: argparse.Namespace) -> Path:
     from mrirecon.data.coil_maps import embed_maps
-    from mrirecon.data.synthetic import generate
+    from mrirecon.synthetic.generator import generate
 
     if not (root / "train").is_dir():  # our own generated files: they may carry their maps
         generate("knee2d", root, seed=0, volumes=args.volumes, coils=8, slices=args.slices, size=tuple(args.size))

@@ -17,7 +17,7 @@ Models:
     a U-Net width chosen so that its parameter count (sensitivity network included) is closest to ours;
     Adam with the same lr and weight decay, L1 loss against the RSS target (its output is an RSS image).
 
-Data: a few synthetic knee slices made in memory (`mrirecon.data.phantoms.knee2d` images, smooth coil
+Data: a few synthetic knee slices made in memory (`mrirecon.synthetic.phantoms.knee2d` images, smooth coil
 maps with sum_c |S_c|^2 = 1, complex Gaussian noise), undersampled by the config's mask (knee2d: 4x random
 1D) and normalised by our `ReconTransform`, so both models see the same k-space. Our network gets the coil
 maps precomputed (as cached ESPIRiT maps are in training); VarNet estimates its own from the
@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: make `mrirecon
 
 from benchmarks import common  # noqa: E402
 from mrirecon.config import Config, load_config  # noqa: E402
-from mrirecon.data import phantoms  # noqa: E402
+from mrirecon.synthetic import phantoms  # noqa: E402
 from mrirecon.data.subsample import build_mask_func, seed_from_name  # noqa: E402
 from mrirecon.data.transforms import RawSlice, ReconTransform  # noqa: E402
 from mrirecon.physics import fftc, ifftc, rss  # noqa: E402
@@ -59,7 +59,7 @@ DEFAULT_CONFIG = ROOT / "configs" / "knee2d.yaml"
 SCHEMA_VERSION = 1
 ROW_KEYS = ("model", "training", "params", "train_step_s", "train_steps_per_s", "infer_s_per_slice",
             "peak_train_mib", "peak_infer_mib", "settings")
-NOISE = 0.01  # k-space noise sigma relative to the image maximum, as in mrirecon.data.synthetic
+NOISE = 0.01  # k-space noise sigma relative to the image maximum, as in mrirecon.synthetic
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -55,7 +55,7 @@ def _outdated_synthetic(root: Path) -> bool:
     the demo then writes its data afresh. Files that are not synthetic are never touched."""
     import h5py
 
-    from .data.synthetic import GENERATOR_VERSION
+    from .synthetic import GENERATOR_VERSION
 
     for path in sorted(root.glob("*/*.h5")):
         with h5py.File(path, "r") as f:
@@ -78,7 +78,7 @@ def _table(results: dict[str, dict]) -> str:
 def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, generate_args: dict | None = None,
         progress: bool = True) -> Path:
     from .data.coil_maps import cache_maps
-    from .data.synthetic import generate
+    from .synthetic import generate
     from .evaluation.runner import evaluate
     from .training.module import load_module
     from .training.run import train

@@ -35,7 +35,7 @@ TINY = {
 def synthetic(tmp_path_factory):
     """Tiny synthetic datasets with cached ESPIRiT maps, built once per test session: synthetic(kind) -> root."""
     from mrirecon.data.coil_maps import embed_maps
-    from mrirecon.data.synthetic import generate
+    from mrirecon.synthetic.generator import generate
 
     roots = {}
 

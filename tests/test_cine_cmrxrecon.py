@@ -9,10 +9,11 @@ import scipy.io
 import torch
 
 from mrirecon.data import cmrxrecon as cx
+from mrirecon.synthetic.cmrxrecon import generate_cmrxrecon
 from mrirecon.data.datasets import ReconDataset
 from mrirecon.data.errors import DataError
 from mrirecon.data.subsample import build_mask_func
-from mrirecon.data.synthetic import make_volume
+from mrirecon.synthetic.generator import make_volume
 from mrirecon.data.transforms import ReconTransform
 
 TINY = dict(coils=4, slices=2, frames=5, size=(24, 32))  # H = readout 24, W = ky 32
@@ -23,7 +24,7 @@ TRAINING = ("MultiCoil", "Cine", "TrainingSet")
 def cmx(tmp_path_factory):
     """3 synthetic patients (train P001, val P002, test P003) in the challenge layout."""
     root = tmp_path_factory.mktemp("cmrxrecon")
-    cx.generate_cmrxrecon(root, volumes=3, seed=0, **TINY)
+    generate_cmrxrecon(root, volumes=3, seed=0, **TINY)
     return root
 
 
@@ -183,7 +184,7 @@ def test_command_lines_write_the_layout_and_split_it(tmp_path, monkeypatch):
     import runpy
     import sys
 
-    from mrirecon.data import synthetic
+    from mrirecon.synthetic import generator as synthetic
 
     synthetic.main(["--kind", "cine", "--layout", "cmrxrecon", "--out", str(tmp_path / "gen"), "--volumes", "3",
                     "--coils", "2", "--slices", "1", "--frames", "2", "--size", "16", "16", "--no-progress"])

@@ -123,7 +123,7 @@ def test_temporal_sparsity_recovers_a_static_cine_that_each_frame_alone_cannot(r
 
 def test_evaluate_scores_a_cmrxrecon_folder_with_both_conventions_and_writes_the_movie(tmp_path):
     from mrirecon.config import load_config
-    from mrirecon.data.cmrxrecon import generate_cmrxrecon
+    from mrirecon.synthetic.cmrxrecon import generate_cmrxrecon
     from mrirecon.evaluation.runner import evaluate
 
     generate_cmrxrecon(tmp_path / "data", volumes=3, seed=0, coils=4, slices=1, frames=4, size=(24, 32))

@@ -306,7 +306,7 @@ def test_read_only_data_folder_trains_and_evaluates_and_stays_byte_identical(syn
 
 def test_online_maps_adapt_to_fastmri_brain_4_percent_calibration(tmp_path):
     """4% of 128 columns = 5 calibration lines: the kernel shrinks to fit, maps agree with full-data maps."""
-    from mrirecon.data.synthetic import generate
+    from mrirecon.synthetic.generator import generate
 
     generate("brain2d", tmp_path, volumes=1, seed=1, coils=4, slices=1, size=(24, 128))
     brain4 = {"type": "random", "center_fractions": [0.04], "accelerations": [4]}

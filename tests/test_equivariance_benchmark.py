@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrirecon.data.synthetic import TARGET, make_volume
+from mrirecon.synthetic.generator import TARGET, make_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import equivariance as experiment  # noqa: E402

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mrirecon.data.synthetic import make_volume
+from mrirecon.synthetic.generator import make_volume
 from mrirecon.physics.espirit import espirit_eigen, espirit_maps
 
 

@@ -77,7 +77,7 @@ def test_undersampled_test_files_are_fastmri_test_layout_and_reconstructed_with_
 
     from mrirecon.data.coil_maps import MapCache, EspiritSettings
     from mrirecon.data.datasets import ReconDataset
-    from mrirecon.data.synthetic import generate
+    from mrirecon.synthetic.generator import generate
     from mrirecon.data.transforms import ReconTransform
     from mrirecon.data.subsample import build_mask_func
 

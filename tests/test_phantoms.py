@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mrirecon.data import phantoms
+from mrirecon.synthetic import phantoms
 from mrirecon.data.layouts import TARGET
-from mrirecon.data.synthetic import main, make_volume
+from mrirecon.synthetic.generator import main, make_volume
 
 
 def test_tissue_intensities_are_jittered_per_volume_within_the_documented_range():

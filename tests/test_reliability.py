@@ -23,7 +23,7 @@ import train as train_cli
 from mrirecon.atomic import FolderBusyError, folder_lock, write_text
 from mrirecon.config import ConfigError, load_config
 from mrirecon.data.datasets import ReconDataset
-from mrirecon.data.synthetic import generate
+from mrirecon.synthetic.generator import generate
 from mrirecon.data.errors import DataError
 from mrirecon.evaluation.predictions import write_metrics
 from mrirecon.evaluation.runner import evaluate

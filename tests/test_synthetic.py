@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from mrirecon.data import phantoms
+from mrirecon.synthetic import phantoms
 from mrirecon.data.ismrmrd import parse_header
 from mrirecon.data.layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, LAYOUTS, SPLITS, TARGET
-from mrirecon.data.synthetic import (DEFAULTS, KNEE_ACQUISITIONS, _coil_maps, _write_h5, centered_fft2, generate, main, make_volume,
+from mrirecon.synthetic.generator import (DEFAULTS, KNEE_ACQUISITIONS, _coil_maps, _write_h5, centered_fft2, generate, main, make_volume,
                                      split_counts)
 from mrirecon.physics import fftc, ifftc
 from tests.conftest import crandn

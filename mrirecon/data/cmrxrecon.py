@@ -460,32 +460,6 @@ def write_patient(base: str | os.PathLike, patient: str, kspace: np.ndarray, acc
     return written
 
 
-def generate_cmrxrecon(out: str | os.PathLike, volumes: int | None = None, seed: int = 0, *,
-                       overwrite: bool = False, accelerations: Sequence[int] = (4, 8, 10),
-                       **settings) -> dict[str, list[Path]]:
-    """Synthetic cine (`mrirecon.data.synthetic`, kind cine: the same volumes for the same seed) written in
-    the challenge layout: OUT/{train,val,test}/MultiCoil/Cine/TrainingSet/{FullSample,AccFactorRR}/Pnnn/
-    cine_sax.mat (+ cine_sax_mask.mat), patients numbered across splits. Returns the FullSample files."""
-    from .layouts import KSPACE, SPLITS
-    from .synthetic import _config, make_volume, split_counts
-
-    cfg = _config("cine", volumes=volumes, **settings)
-    n = cfg.pop("volumes")
-    out = Path(out)
-    for split in SPLITS:
-        folder = out / split
-        if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-            raise FileExistsError(f"output folder {folder} is not empty; pass --overwrite (overwrite=True) "
-                                  "to replace its .mat files")
-    files: dict[str, list[Path]] = {split: [] for split in SPLITS}
-    splits = [split for split, count in zip(SPLITS, split_counts(n)) for _ in range(count)]
-    for index, split in enumerate(splits):
-        data, _ = make_volume("cine", index, seed, **cfg)
-        base = out / split / "MultiCoil" / "Cine" / "TrainingSet"
-        files[split].append(write_patient(base, f"P{index + 1:03d}", data[KSPACE], accelerations)[0])
-    return files
-
-
 def split_training_set(training_set: str | os.PathLike, out: str | os.PathLike,
                        fractions: tuple[float, float] = (0.15, 0.15)) -> dict[str, list[str]]:
     """Make OUT/{train,val,test}/<folder>/<patient> symbolic links into a CMRxRecon TrainingSet, patients

@@ -64,7 +64,7 @@ def list_h5(root: str | os.PathLike) -> list[Path]:
     files = sorted(p for p in root.iterdir() if p.suffix == ".h5" and p.is_file())
     if not files:
         raise DataError(root, "no .h5 files in data folder (generate some with "
-                        "`python -m mrirecon.data.synthetic --kind knee2d --out DIR`)")
+                        "`python -m mrirecon.synthetic --kind knee2d --out DIR`)")
     return files
 
 

@@ -29,7 +29,7 @@ Coil sensitivities (in the maps cache, `mrirecon.data.coil_maps`; files of earli
                         by all frames
     espirit_maps.attrs  calib_width, kernel_width, thresh, crop, num_maps
 
-Synthetic files (mrirecon.data.synthetic) keep `reconstruction_rss` in every split, test included,
+Synthetic files (mrirecon.synthetic) keep `reconstruction_rss` in every split, test included,
 so that every split can be scored (fastMRI's own test sets hold undersampled data without it).
 """
 from __future__ import annotations

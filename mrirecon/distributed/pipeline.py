@@ -37,7 +37,7 @@ from ..evaluation.volumes import VolumeAccumulator
 from ..models.build import build_network
 from ..models.unrolled import UnrolledNet
 from ..training.checkpoints import file_sha256, load_checkpoint, save_checkpoint
-from ..training.datamodule import EpochSampler, EpochTagged, ReconDataModule
+from ..data.datamodule import EpochSampler, EpochTagged, ReconDataModule
 from ..training.guards import NonFiniteError, check_finite
 from ..training.losses import build_loss
 from ..training.module import build_optimizers, module_summary, validation_log

@@ -18,7 +18,7 @@ from ..atomic import write_text
 from ..config import Config, ConfigError, save_config
 from .checkpoints import AtomicCheckpointIO, file_sha256, load_checkpoint
 from .guards import NonFiniteError
-from .datamodule import ReconDataModule
+from ..data.datamodule import ReconDataModule
 from .module import ReconModule
 
 

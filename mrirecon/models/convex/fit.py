@@ -108,7 +108,7 @@ def read_fit_config(path: str | Path, overrides: list[str]) -> tuple[Any, FitSet
 
 def denoising_pairs(cfg: Any, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Patch matrix X (n, C k^2) and targets Y (n, C) (float64) sampled from the training split."""
-    from ...training.datamodule import ReconDataModule
+    from ...data.datamodule import ReconDataModule
 
     ds = ReconDataModule(cfg).dataset("train")
     if ds.geometry.conv_dims != 2:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "path.json", json.dumps(rows, indent=2) + "\n")
     # effective filters on the first training slice's (zero-filled or noisy) input
     from ...physics import SenseOp, complex_to_channels
-    from ...training.datamodule import ReconDataModule
+    from ...data.datamodule import ReconDataModule
 
     s = ReconDataModule(cfg).dataset("train")[0]
     image = complex_to_channels(SenseOp(s.maps[None], s.mask[None], 2).H(s.kspace[None]))[0].float()

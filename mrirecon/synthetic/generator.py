@@ -1,6 +1,6 @@
 """Synthetic multi-coil MRI datasets, written in the on-disk layouts of `mrirecon.data.layouts`.
 
-    python -m mrirecon.data.synthetic --kind knee2d --out data/synthetic/knee2d
+    python -m mrirecon.synthetic --kind knee2d --out data/synthetic/knee2d
 
 Each volume: an anatomy-like complex image (`phantoms`: the built-in models, or for brain2d with
 `anatomy="mni152"` the MNI152 template), the sensitivities of a loop-coil array (`_coil_maps`: drawn per
@@ -33,9 +33,9 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path
+from ..data.ismrmrd import make_header
+from ..data.layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, SPLITS, TARGET
 from . import phantoms
-from .ismrmrd import make_header
-from .layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, SPLITS, TARGET
 
 KINDS = ("knee2d", "brain2d", "knee3d", "cine")
 
@@ -312,7 +312,7 @@ def undersample_for_test(data: dict, attrs: dict, name: str, acceleration: int) 
     no `reconstruction_rss` (nor its max / norm attrs)."""
     import torch
 
-    from .subsample import RandomMask1D, apply_mask, seed_from_name
+    from ..data.subsample import RandomMask1D, apply_mask, seed_from_name
 
     if acceleration not in TEST_CENTER_FRACTIONS:
         raise ValueError(f"--undersampled-test: acceleration {acceleration} is not one of fastMRI's "
@@ -410,7 +410,7 @@ def summary(files: dict[str, list[Path]]) -> str:
 def _parser() -> argparse.ArgumentParser:
     defaults = "\n".join(f"  {k:8s} " + ", ".join(f"{n}={v}" for n, v in d.items()) for k, d in DEFAULTS.items())
     p = argparse.ArgumentParser(
-        prog="python -m mrirecon.data.synthetic",
+        prog="python -m mrirecon.synthetic",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Write a synthetic multi-coil MRI dataset (anatomy-like phantoms, loop-coil arrays, noise) as\n"
@@ -424,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
             "attrs: acquisition, max, norm (of reconstruction_rss), patient_id, anatomy, noise_level, noise_sigma\n"
             "(brain2d --anatomy mni152: also mni152_affine, (slice, row, col, 1) -> MNI mm)."),
         epilog=(f"defaults:\n{defaults}\n\nexample:\n"
-                "  python -m mrirecon.data.synthetic --kind knee2d --out data/synthetic/knee2d --volumes 20"))
+                "  python -m mrirecon.synthetic --kind knee2d --out data/synthetic/knee2d --volumes 20"))
     p.add_argument("--kind", required=True, choices=KINDS, help="anatomy and layout")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (split folders go inside)")
     p.add_argument("--volumes", type=int, help="number of volumes (files) over all splits")

@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import Config
-from ..data.datasets import ReconDataset
-from ..data.errors import DataError
-from ..data.subsample import build_mask_func
-from ..data.transforms import ReconTransform
+from .datasets import ReconDataset
+from .errors import DataError
+from .subsample import build_mask_func
+from .transforms import ReconTransform
 
 
 class EpochSampler(Sampler[int]):
@@ -75,7 +75,7 @@ class ReconDataModule(pl.LightningDataModule):
         path = Path(self.cfg.data.root) / split
         if not path.is_dir():
             raise DataError(path, f"missing {split} split folder under data.root "
-                            f"(generate data with `python -m mrirecon.data.synthetic --kind {self.cfg.data.kind} "
+                            f"(generate data with `python -m mrirecon.synthetic --kind {self.cfg.data.kind} "
                             f"--out {self.cfg.data.root}`)")
         return path
 
@@ -83,7 +83,7 @@ class ReconDataModule(pl.LightningDataModule):
         key = f"{split}:{root}"
         if key not in self._datasets:
             d = self.cfg.data
-            from ..data.coil_maps import cache_for
+            from .coil_maps import cache_for
 
             transform = ReconTransform(self.mask_func, deterministic=split != "train", seed=self.cfg.train.seed,
                                        maps=d.maps, espirit={**d.espirit, "num_maps": self.cfg.model.num_maps},

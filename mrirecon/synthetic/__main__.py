@@ -1,0 +1,5 @@
+import sys
+
+from .generator import main
+
+main(sys.argv[1:])

@@ -6,7 +6,7 @@ setup:
 	@bash scripts/setup_venv.sh
 
 demo: setup
-	$(PY) -m mrirecon.demo $(DEMO_ARGS)
+	.venv/bin/mrirecon demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """GLEAM's cine claim, measured: the matched-memory experiment on synthetic 2D+t cardiac cine.
 
-    python benchmarks/cine_matched_memory.py --out results/cine [--quick] [key.sub=value ...]
+    python benchmarks/cine_matched_memory.py --out results/cine [--work outputs/cine] [--quick] [key.sub=value ...]
 
 GLEAM (Ozturkler et al. 2022) reports, for cardiac cine with 3D convolutions, +3.3 dB PSNR and +0.025 SSIM
 over end-to-end training at equal memory. The configs in configs/cine_matched_memory/ train the same
@@ -18,7 +18,8 @@ checkpoint (validation PSNR) evaluated on the test split by mrirecon.evaluation.
 PSNR/SSIM/NMSE, plus the CMRxRecon challenge's per-image convention; figures: x-t profile, error maps and a
 GIF of the first test volume). Goal (issue 12): GLEAM PSNR >= e2e PSNR + 2 dB at matched memory (premise:
 GLEAM's peak memory <= 1.1x e2e's). OUT/results.json and OUT/results.md are written atomically after every
-run. --quick: tiny data and 1 epoch, to check the pipeline in a minute or two.
+run, the figures copied to OUT/figures/; run folders and evaluations go to WORK (--work, default
+outputs/<name of OUT>, git-ignored). --quick: tiny data and 1 epoch, to check the pipeline in a minute or two.
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def challenge_scores(eval_dir: Path) -> dict[str, float]:
     return {k: float(np.mean([float(r[k]) for r in rows])) for k in CHALLENGE if rows and k in rows[0]}
 
 
-def run_network(strategy: str, cfg: Config, out: Path, device: torch.device, progress: bool) -> dict[str, Any]:
+def run_network(strategy: str, cfg: Config, out: Path, work: Path, device: torch.device,
+                progress: bool) -> dict[str, Any]:
     from mrirecon.evaluation.runner import evaluate
     from mrirecon.training.module import load_module
     from mrirecon.training.run import train
@@ -106,7 +108,7 @@ def run_network(strategy: str, cfg: Config, out: Path, device: torch.device, pro
     ckpt = result.best_checkpoint or result.last_checkpoint
     epochs = mm.epochs_trained(result.last_checkpoint or ckpt)
     module = load_module(ckpt)
-    eval_dir = out / "eval" / strategy
+    eval_dir = work / "eval" / strategy
     summary = evaluate(cfg, Path(cfg.data.root) / "test", eval_dir, module=module, device=device.type,
                        num_figures=1, progress=progress)
     del module
@@ -116,7 +118,7 @@ def run_network(strategy: str, cfg: Config, out: Path, device: torch.device, pro
            "peak_memory_mib": memory["peak_mib"], "memory": memory, "train_seconds": result.train_seconds,
            "step_seconds": result.step_seconds, "epochs": epochs, **mm.metrics_of(summary),
            **challenge_scores(eval_dir), "best_val_psnr": result.best_score, **mm.training_log(result.run_dir),
-           "checkpoint": common.display_path(ckpt), "figures": [common.display_path(p) for p in summary["figures"]]}
+           "checkpoint": common.display_path(ckpt), "figures": common.keep_figures(summary["figures"], out / "figures", strategy)}
     log(f"[cine] {strategy}: trained {result.train_seconds:.0f} s, test PSNR {row['psnr']:.2f} dB, "
         f"SSIM {row['ssim']:.4f}")
     return row
@@ -124,9 +126,10 @@ def run_network(strategy: str, cfg: Config, out: Path, device: torch.device, pro
 
 def run_baselines(cfg: Config) -> list[dict[str, Any]]:
     """The classical cine baselines on the test split, scored as the networks are."""
-    from mrirecon.evaluation.cine import challenge_metrics, reconstruct_cine
+    from mrirecon.evaluation.baselines import reconstruct
+    from mrirecon.evaluation.cine import challenge_metrics
     from mrirecon.evaluation.metrics import evaluate_volume, summarize
-    from mrirecon.evaluation.runner import build_dataset
+    from mrirecon.data.build import build_dataset
     from mrirecon.evaluation.volumes import VolumeAccumulator, magnitude
 
     ds = build_dataset(cfg, Path(cfg.data.root) / "test", progress=False)
@@ -135,7 +138,7 @@ def run_baselines(cfg: Config) -> list[dict[str, Any]]:
         acc, start = VolumeAccumulator(), time.perf_counter()
         for i in range(len(ds)):
             s = ds[i]
-            x = torch.from_numpy(reconstruct_cine(method, s.kspace.numpy(), s.maps.numpy(), s.mask.numpy()))
+            x = torch.from_numpy(reconstruct(method, s.kspace.numpy(), s.maps.numpy(), s.mask.numpy(), 2))
             acc.add(s.fname, s.slice_num, s.nominal_acceleration, s.acceleration,
                     reconstruction=magnitude(x) * s.scale, target=magnitude(s.target) * s.scale)
         seconds = time.perf_counter() - start
@@ -217,8 +220,8 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
     device, fixed = mm.run_settings(args)
-    out: Path = args.out
-    quick = [f"data.root={out / 'quick_data'}", *QUICK_OVERRIDES] if args.quick else []
+    out, work = args.out, mm.work_dir(args)
+    quick = [f"data.root={work / 'quick_data'}", *QUICK_OVERRIDES] if args.quick else []
     configs = load_configs([*fixed, *quick, *args.overrides])
     mm.quiet_lightning()
     start = time.perf_counter()
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
     failed = 0
     for strategy, cfg in configs.items():
         try:
-            row = run_network(strategy, cfg, out, device, args.progress)
+            row = run_network(strategy, cfg, out, work, device, args.progress)
         except (RuntimeError, ValueError) as e:  # a failed run is reported; the others still run
             failed += 1
             log(f"[cine] {strategy}: FAILED: {e}")

@@ -112,3 +112,18 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+def keep_figures(figures: Sequence[str | os.PathLike], dest: str | os.PathLike, prefix: str) -> list[str]:
+    """Copy an evaluation's figures, with the files beside each that share its stem (x-t profiles, GIFs),
+    into the report's folder as PREFIX_NAME: the report keeps its figures while the run and evaluation folders
+    stay out of the repository. Returns the copies' repository-relative paths."""
+    kept = []
+    for fig in map(Path, figures):
+        for src in sorted(fig.parent.glob(fig.stem + "*")):
+            target = Path(dest) / f"{prefix}_{src.name}"
+            with atomic_path(target, copy_from=src):
+                pass
+            if src == fig:
+                kept.append(display_path(target))
+    return kept

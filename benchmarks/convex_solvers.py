@@ -1,23 +1,35 @@
-"""Benchmark: how fast our convex solvers reach the optimum of a convex dual denoiser's program, against
-cvxpy (Clarabel, an interior-point solver) on the same program and Adam on the non-convex network.
+"""Benchmark: time to solve the convex two-layer ReLU programs, ours against the method's reference code
+(pyscnn, Mishkin, Sahiner and Pilanci) and an interior-point solver (cvxpy + Clarabel), in one run.
 
-One run, one problem: a 64 x 64 synthetic knee slice (complex, max-normalised) plus complex Gaussian
-noise, k x k patches at `--patches` random pixels, `--gates` random gates, group_by "channel" (the program
-that is exactly a weight-decayed two-layer ReLU network whose units each feed one output channel).
-Reported, for the gated and the ReLU programs: time for our solver to reach 1e-4 relative objective
-accuracy (ReLU: and violation <= 1e-6), cvxpy's solve time and its accuracy, the speed-up; the ReLU
-solution's final constraint violation; Adam's time to come within 1e-4 of the ReLU optimum (the same
-patterns are not enforced on the network, so it may also go below). The reference optimum p* is the lower
-of cvxpy's and our tightly converged objective (both are feasible points of the same program, up to
-cvxpy's own tolerance for the ReLU constraints).
+Problems: k x k patches (default 5 x 5, 2 channels: d = 50) of noisy synthetic knee slices (128 x 128,
+complex, max-normalised, noise 0.05), residual targets, n random patches, P random gates, group_by
+"channel", lam along a path of fractions of lam_max (the closed-form threshold above which the optimum is
+0: `ConvexProblem.lam_max`), so no optimum is trivial.
 
-    python benchmarks/convex_solvers.py [--patches 400 --gates 16 --lam 1e-3 --adam-seconds 30 --gated-patches 4000]
+Solvers, each capped by a time limit (competitors run in a subprocess, killed at the cap):
+  ours, Gram     R-FISTA on the Gram matrix (float64), when it fits the memory budget (--gram-budget-mb)
+  ours, matrix-free  R-FISTA / augmented Lagrangian by patch products, float32 patches, float64 accumulation
+  pyscnn 0.0.10  its R-FISTA (gated) and augmented Lagrangian (ReLU), defaults but tighter tolerances,
+                 unitize_data off, float64, lam / c (it scales the loss by 1 / (2 n c))
+  cvxpy 1.9.3    one matrix variable holding all patterns (its fastest formulation), Clarabel
+Every returned or recorded point is scored by one common objective (ours, float64) and constraint
+violation. p* = the best objective among points with violation <= 1e-6 (for ReLU) found by any solver;
+the best dual bound found (ours) brackets it from below. Reported: time to objective <= p* (1 + 1e-4) with
+violation <= 1e-6. pyscnn's progress is observed by wrapping its metrics hook (every 10 iterations; its
+own metric computation counts in its time).
+
+    flock /tmp/mrirecon-bench.lock python benchmarks/convex_solvers.py [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,155 +39,275 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, command_line, load_average, machine_info, now_utc, write_json, write_markdown  # noqa: E402
 
-from mrirecon.synthetic.phantoms import knee2d  # noqa: E402
-from mrirecon.models.convex import ConvexProblem, TwoLayerReLUConv, sample_gates, solve_gated, solve_relu  # noqa: E402
+from mrirecon.models.convex import ConvexProblem, sample_gates, solve_gated, solve_relu  # noqa: E402
 from mrirecon.models.convex.patches import patch_matrix, pixel_matrix  # noqa: E402
+from mrirecon.synthetic.phantoms import knee2d  # noqa: E402
 
 ACCURACY = 1e-4
-VIOLATION_GOAL = 1e-6
-SPEEDUP_GOAL = 10.0
+VIOLATION = 1e-6
+GATED_SPEEDUP_GOAL = 10.0
+# a stiff penalty with short inner solves: 2-4x faster than solve_relu's defaults on these problems
+RELU_SETTINGS = lambda n: {"delta": 1000.0 / n, "inner_iter": 10}  # noqa: E731
+# (n, P, lam fractions of lam_max, gated cap s, relu cap s)
+DEFAULT_PLAN = [(1000, 32, (0.5,), 30, 45), (4000, 64, (0.5, 0.1), 40, 60), (20000, 128, (0.5,), 45, 60),
+                (100000, 256, (0.5,), 90, 90)]
 
 
-def build_problem(patches: int, gates: int, lam: float, k: int, seed: int = 0) -> ConvexProblem:
+def build_problem(n: int, P: int, frac: float, k: int = 5, seed: int = 0, dtype=torch.float64,
+                  device: str = "cpu", **kw) -> ConvexProblem:
     rng = np.random.default_rng(seed)
-    clean = torch.from_numpy(knee2d(rng, 1, (64, 64))[0]).to(torch.complex128)
-    clean = clean / clean.abs().max()
-    noise = torch.from_numpy(rng.standard_normal((2, 64, 64)))
-    chans = torch.stack([clean.real, clean.imag])[None]
-    noisy = chans + 0.05 * noise[None]
-    X, Y = patch_matrix(noisy, k), pixel_matrix(chans) - pixel_matrix(noisy)  # residual targets
-    pick = torch.from_numpy(rng.permutation(X.shape[0])[:patches])
+    clean = torch.from_numpy(knee2d(rng, 8, (128, 128))).to(torch.complex128)
+    clean = clean / clean.abs().amax(dim=(-2, -1), keepdim=True)
+    chans = torch.stack([clean.real, clean.imag], 1)
+    noisy = chans + 0.05 * torch.from_numpy(rng.standard_normal(chans.shape))
+    X, Y = patch_matrix(noisy, k), pixel_matrix(chans) - pixel_matrix(noisy)
+    if n > X.shape[0]:
+        raise ValueError(f"--sizes: n={n} > {X.shape[0]} pixels available")
+    pick = torch.from_numpy(rng.permutation(X.shape[0])[:n])
     X, Y = X[pick], Y[pick]
-    return ConvexProblem(X, Y, sample_gates(X, gates, seed=seed), lam, group_by="channel")
+    gates = sample_gates(X, P, seed=seed)
+    problem = ConvexProblem(X.to(device=device, dtype=dtype), Y.to(device), gates.to(device), 0.0, "channel", **kw)
+    problem.lam = frac * problem.lam_max()
+    return problem
 
 
-def cvxpy_solve(problem: ConvexProblem, relu: bool) -> dict:
+# ---------------------------------------------------------------------------------------------- workers
+class _Cap(Exception):
+    pass
+
+
+def _alarm(seconds: float) -> None:
+    def handler(signum, frame):
+        raise _Cap()
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def worker_pyscnn(problem: ConvexProblem, program: str, cap: float) -> dict:
+    """pyscnn's own solver; snapshots of its weights at every metrics step (time, weights)."""
+    from scnn.models import ConvexGatedReLU, ConvexReLU
+    from scnn.optimize import optimize_model
+    from scnn.regularizers import NeuronGL1
+    from scnn.metrics import Metrics
+    from scnn.solvers import AL, RFISTA
+    import scnn.private.methods.optimization_procedures.iterative as it_mod
+    import scnn.private.methods.optimization_procedures.double_loop_procedure as dl_mod
+
+    P, d, c = problem.shape
+    X, Y, G = (t.numpy() for t in (problem.X.double(), problem.Y, problem.gates.double()))
+    snaps: list[tuple[float, np.ndarray]] = []
+    t0 = [0.0]
+    for mod in (it_mod, dl_mod):
+        original = mod.update_metrics
+
+        def observed(metrics_log, model, *a, _orig=original, **kw):
+            w = model.weights
+            snaps.append((time.perf_counter() - t0[0], np.array(w.detach().cpu().numpy() if hasattr(w, 'detach') else w, copy=True)))
+            return _orig(metrics_log, model, *a, **kw)
+        mod.update_metrics = observed
+    if program == "gated":
+        model, solver = ConvexGatedReLU(G, c=c), None
+        solver = RFISTA(model, max_iters=10**7, tol=1e-12)
+    else:
+        model = ConvexReLU(G, c=c)
+        solver = AL(model, max_primal_iters=10**7, max_dual_iters=10**5, tol=1e-10, constraint_tol=VIOLATION)
+    status = "finished"
+    t0[0] = time.perf_counter()
+    _alarm(cap)
+    try:
+        optimize_model(model, solver, Metrics(metric_freq=10), X, Y, regularizer=NeuronGL1(problem.lam / c),
+                       return_convex=True, unitize_data=False, dtype="float64")
+    except _Cap:
+        status = "time limit"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return {"status": status, "seconds": time.perf_counter() - t0[0],
+            "snapshots": [(t, w.tolist()) for t, w in snaps[:: max(1, len(snaps) // 200)] + snaps[-1:]]}
+
+
+def worker_cvxpy(problem: ConvexProblem, program: str, cap: float) -> dict:
+    """One matrix variable per sign (all patterns side by side), Clarabel (time-limited in-solver too)."""
     import cvxpy as cp
 
     P, d, c = problem.shape
-    X, Y, D, S = (t.numpy() for t in (problem.X, problem.Y, problem.D, problem.S))
-    V = [cp.Variable((d, c)) for _ in range(P)]
-    W = [cp.Variable((d, c)) for _ in range(P)] if relu else []
-    pred = sum(cp.multiply(D[:, [i]], X @ (V[i] - W[i] if relu else V[i])) for i in range(P))
-    penalty = sum(cp.norm(M[:, j]) for M in V + W for j in range(c))
-    cons = [cp.multiply(S[:, [i]], X @ M[i]) >= 0 for M in (V, W) for i in range(P)] if relu else []
-    prob = cp.Problem(cp.Minimize(cp.sum_squares(pred - Y) / (2 * problem.n) + problem.lam * penalty), cons)
+    X, Y, D = (t.double().cpu().numpy() for t in (problem.X, problem.Y, problem.D))
+    Dc, Sc = np.repeat(D, c, axis=1), np.repeat(2 * D - 1, c, axis=1)    # column i * c + ch
+    E = np.tile(np.eye(c), (P, 1))                                        # (P c, c): sum over patterns
     t0 = time.perf_counter()
-    prob.solve(solver="CLARABEL")
+    U = cp.Variable((d, P * c))
+    if program == "gated":
+        pred = cp.multiply(Dc, X @ U) @ E
+        penalty, cons, variables = cp.sum(cp.norm(U, axis=0)), [], [U]
+    else:
+        W = cp.Variable((d, P * c))
+        pred = cp.multiply(Dc, X @ (U - W)) @ E
+        penalty = cp.sum(cp.norm(U, axis=0)) + cp.sum(cp.norm(W, axis=0))
+        cons, variables = [cp.multiply(Sc, X @ U) >= 0, cp.multiply(Sc, X @ W) >= 0], [U, W]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(pred - Y) / (2 * problem.n) + problem.lam * penalty), cons)
+    status = "finished"
+    _alarm(cap)
+    try:
+        prob.solve(solver="CLARABEL", time_limit=max(cap - (time.perf_counter() - t0), 1.0))
+    except _Cap:
+        status = "time limit"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "status": prob.status, "objective": float(prob.value)}
-    if relu:
-        Vt = torch.from_numpy(np.stack([v.value for v in V]))
-        Wt = torch.from_numpy(np.stack([w.value for w in W]))
-        out["violation"] = problem.constraint_violation(Vt, Wt)
-        out["objective_recomputed"] = problem.relu_objective(Vt, Wt)
+    out = {"status": status if status != "finished" else prob.status, "seconds": seconds, "snapshots": []}
+    if status == "finished" and all(v.value is not None for v in variables):
+        w = np.stack([v.value.reshape(d, P, c).transpose(1, 0, 2) for v in variables])
+        out["snapshots"] = [(seconds, w.tolist())]
     return out
 
 
-def time_to(history: list[dict], target: float, violation: float | None = None) -> float | None:
-    for h in history:
-        if h["objective"] <= target and (violation is None or h["violation"] <= violation):
-            return h["seconds"]
+def worker_main(spec: dict) -> int:
+    torch.set_num_threads(1)
+    problem = build_problem(spec["n"], spec["P"], spec["frac"], spec["k"])
+    fn = {"pyscnn": worker_pyscnn, "cvxpy": worker_cvxpy}[spec["solver"]]
+    result = fn(problem, spec["program"], spec["cap"])
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
+
+
+def run_worker(spec: dict, tmp: Path) -> dict:
+    out = tmp / f"{spec['solver']}_{spec['program']}_{spec['n']}_{spec['frac']}.json"
+    spec = {**spec, "out": str(out)}
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec["cap"] + 120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        return {"status": "killed (cap + 120 s, setup included)", "seconds": None, "snapshots": []}
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stderr or proc.stdout)[-600:]
+        return {"status": f"failed: {tail.strip().splitlines()[-1] if tail.strip() else proc.returncode}",
+                "seconds": None, "snapshots": []}
+    return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def to_ours(w: np.ndarray, program: str, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """Snapshot arrays -> {"U"} or {"V", "W"} (P, d, c) float64. pyscnn stores (c, P, d) per weight."""
+    P, d, c = shape
+    w = torch.as_tensor(np.asarray(w), dtype=torch.float64)
+    if w.shape[-3:] == (c, P, d):
+        w = w.permute(*range(w.dim() - 3), -2, -1, -3)
+    if program == "gated":
+        return {"U": w.reshape(P, d, c)}
+    w = w.reshape(2, P, d, c)
+    return {"V": w[0], "W": w[1]}
+
+
+def score(problem: ConvexProblem, program: str, weights: dict[str, torch.Tensor]) -> tuple[float, float]:
+    if program == "gated":
+        return problem.gated_objective(weights["U"]), 0.0
+    return problem.relu_objective(weights["V"], weights["W"]), problem.constraint_violation(weights["V"], weights["W"])
+
+
+def ours(problem: ConvexProblem, program: str, cap: float, scorer: ConvexProblem) -> dict:
+    t0 = time.perf_counter()
+    if program == "gated":
+        r = solve_gated(problem, tol=0.0, gap_tol=1e-6, max_iter=10**7, time_limit=cap)
+    else:
+        r = solve_relu(problem, tol=0.0, gap_tol=1e-6, tol_violation=VIOLATION, max_outer=10**6, time_limit=cap,
+                       **RELU_SETTINGS(problem.n))
+    seconds = time.perf_counter() - t0
+    w = {k: v.double().cpu() for k, v in r.weights.items()}
+    objective, violation = score(scorer, program, w)
+    # the history's objective and violation are the solver's own (on its float32 patches for matrix-free);
+    # the final point is re-scored on the common float64 problem
+    trace = [(h["seconds"], h["objective"], h.get("violation", 0.0)) for h in r.history]
+    return {"status": "certified" if r.converged else "time limit", "seconds": seconds, "objective": objective,
+            "violation": violation, "gap": r.gap, "lower_bound": r.lower_bound, "iterations": r.iterations,
+            "trace": trace + [(seconds, objective, violation)], "repaired": r.repaired}
+
+
+def competitor(spec: dict, scorer: ConvexProblem, tmp: Path) -> dict:
+    raw = run_worker(spec, tmp)
+    trace = []
+    for t, w in raw["snapshots"]:
+        obj, viol = score(scorer, spec["program"], to_ours(w, spec["program"], scorer.shape))
+        trace.append((t, obj, viol))
+    last = trace[-1] if trace else (None, None, None)
+    return {"status": raw["status"], "seconds": raw["seconds"], "objective": last[1], "violation": last[2],
+            "trace": trace}
+
+
+def time_to(trace: list, target: float) -> float | None:
+    for t, obj, viol in trace:
+        if obj is not None and obj <= target and viol <= VIOLATION:
+            return t
     return None
 
 
-def adam_run(problem: ConvexProblem, k: int, target: float, budget_s: float, seed: int, hidden: int = 64) -> dict:
-    """Adam on the two-layer network over the same patches: 1x1 'image' of each patch, conv = dense layer."""
-    torch.manual_seed(seed)
-    P, d, c = problem.shape
-    net = TwoLayerReLUConv(c, hidden, k).double()
-    mask = torch.zeros_like(net.conv2.weight)
-    for j in range(hidden):
-        mask[j % c, j] = 1  # each unit feeds one output channel, as in the convex program (group_by channel)
-    with torch.no_grad():
-        net.conv2.weight.mul_(mask)
-    X, Y, lam = problem.X, problem.Y, problem.lam
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    t0, best, reached, steps = time.perf_counter(), math.inf, None, 0
-    while time.perf_counter() - t0 < budget_s:
-        opt.zero_grad()
-        U, A = net.conv1.weight.reshape(hidden, d), net.conv2.weight.reshape(c, hidden)
-        r = torch.relu(X @ U.T) @ A.T - Y
-        obj = (r * r).sum() / (2 * problem.n) + lam * net.weight_decay()
-        best = min(best, float(obj.detach()))
-        if reached is None and best <= target:
-            reached = time.perf_counter() - t0
-        obj.backward()
-        net.conv2.weight.grad.mul_(mask)
-        opt.step()
-        steps += 1
-    return {"seed": seed, "best_objective": best, "seconds_to_target": reached, "steps": steps,
-            "budget_seconds": budget_s}
-
-
+# ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--patches", type=int, default=400)
-    p.add_argument("--gates", type=int, default=16)
-    p.add_argument("--lam", type=float, default=1e-3)
-    p.add_argument("--kernel-size", type=int, default=3)
-    p.add_argument("--adam-seconds", type=float, default=30.0)
-    p.add_argument("--adam-seeds", type=int, default=2)
-    p.add_argument("--gated-patches", type=int, nargs="*", default=[4000],
-                   help="further problem sizes for the gated program alone (its cost per iteration does not grow "
-                        "with n once the Gram matrix is built; cvxpy's does)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--kernel-size", type=int, default=5)
+    p.add_argument("--plan", help="JSON list of [n, P, [lam fractions], gated cap s, relu cap s]")
+    p.add_argument("--device", default="cpu", help="device of our solvers' runs (cuda: the GPU column)")
+    p.add_argument("--gram-budget-mb", type=int, default=128)
+    p.add_argument("--skip", nargs="*", default=[], help="solver names to leave out (pyscnn, cvxpy)")
+    p.add_argument("--cvxpy-max-nnz", type=float, default=1e8,
+                   help="skip cvxpy where its constraint matrix would hold more nonzeros (n P c d) than this")
     p.add_argument("--out", default=str(ROOT / "results" / "convex" / "solvers"))
+    p.add_argument("--markdown-from", help="rewrite OUT.md from a JSON this script wrote (no solving)")
     args = p.parse_args(argv)
+    if args.worker:
+        return worker_main(json.loads(args.worker))
+    if args.markdown_from:
+        write_markdown(Path(args.out).with_suffix(".md"), markdown(json.loads(Path(args.markdown_from).read_text())))
+        return 0
     torch.set_num_threads(1)
-    problem = build_problem(args.patches, args.gates, args.lam, args.kernel_size)
-    P, d, c = problem.shape
-    print(f"problem: n={problem.n} patches, d={d}, P={P} patterns, c={c}, lam={args.lam}", flush=True)
-
-    def speedup(ours, theirs):
-        return None if ours is None else theirs / ours
-
-    gated_rows = []
-    for n in [args.patches, *args.gated_patches]:
-        pb = problem if n == args.patches else build_problem(n, args.gates, args.lam, args.kernel_size)
-        gated = solve_gated(pb, tol=1e-8, max_iter=5000)
-        cvx_gated = cvxpy_solve(pb, relu=False)
-        p_gated = min(gated.objective, cvx_gated["objective"])
-        t_gated = time_to(gated.history, p_gated * (1 + ACCURACY))
-        print(f"gated n={pb.n} P={pb.shape[0]}: ours {gated.objective:.10g} (t(1e-4)={t_gated}), cvxpy "
-              f"{cvx_gated['objective']:.10g} in {cvx_gated['seconds']:.2f} s", flush=True)
-        gated_rows.append({
-            "patches": pb.n, "patterns": pb.shape[0],
-            "ours": {"objective": gated.objective, "optimality": gated.optimality, "iterations": gated.iterations,
-                     "seconds_to_accuracy": t_gated,
-                     "seconds_total": gated.history[-1]["seconds"] if gated.history else None},
-            "cvxpy": cvx_gated, "optimum": p_gated,
-            "relative_difference": (gated.objective - cvx_gated["objective"]) / cvx_gated["objective"],
-            "speedup": speedup(t_gated, cvx_gated["seconds"])})
-
-    relu = solve_relu(problem, tol=1e-7, tol_violation=1e-8, rtol=1e-9, max_outer=30, inner_iter=2000)
-    cvx_relu = cvxpy_solve(problem, relu=True)
-    p_relu = min(relu.objective, cvx_relu["objective"])
-    t_relu = time_to(relu.history, p_relu * (1 + ACCURACY), VIOLATION_GOAL)
-    total_relu = relu.history[-1]["seconds"] if relu.history else None
-    print(f"relu: ours {relu.objective:.10g} violation {relu.violation:.2e} (t(1e-4)={t_relu}, total {total_relu}), "
-          f"cvxpy {cvx_relu['objective']:.10g} in {cvx_relu['seconds']:.2f} s, violation "
-          f"{cvx_relu['violation']:.2e}", flush=True)
-
-    adam = [adam_run(problem, args.kernel_size, p_relu * (1 + ACCURACY), args.adam_seconds, s)
-            for s in range(args.adam_seeds)]
-    print("adam:", adam, flush=True)
-
-    result = {
-        "meta": {"command": command_line(argv), "date": now_utc(), "machine": machine_info("cpu"),
-                 "threads": 1, "load_average_at_end": load_average()},
-        "problem": {"patches": problem.n, "patch_dim": d, "patterns": P, "channels": c, "lam": args.lam,
-                    "kernel_size": args.kernel_size, "group_by": "channel", "accuracy": ACCURACY},
-        "gated": gated_rows,
-        "relu": {"ours": {"objective": relu.objective, "optimality": relu.optimality, "violation": relu.violation,
-                          "converged": relu.converged, "repaired": relu.repaired, "iterations": relu.iterations,
-                          "last_history": relu.history[-1] if relu.history else None,
-                          "seconds_to_accuracy": t_relu, "seconds_total": total_relu},
-                 "cvxpy": cvx_relu, "optimum": p_relu,
-                 "relative_difference": (relu.objective - cvx_relu["objective"]) / cvx_relu["objective"],
-                 "speedup": speedup(t_relu, cvx_relu["seconds"])},
-        "adam": adam,
-        "goals": {"speedup": SPEEDUP_GOAL, "violation": VIOLATION_GOAL},
-    }
+    plan = json.loads(args.plan) if args.plan else DEFAULT_PLAN
+    load_before = load_average()
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="convex_bench_"))
+    for n, P, fracs, gated_cap, relu_cap in plan:
+        for frac in fracs:
+            scorer = build_problem(n, P, frac, args.kernel_size)
+            Pn, d, c = scorer.shape
+            info = {"n": n, "gates": P, "patterns": Pn, "d": d, "c": c, "lam": scorer.lam, "lam_fraction": frac,
+                    "lam_max": scorer.lam_max()}
+            print(f"== n={n} P={Pn} d={d} lam={scorer.lam:.4g} ({frac} lam_max)", flush=True)
+            budget = args.gram_budget_mb * 2**20
+            for program, cap in (("gated", gated_cap), ("relu", relu_cap)):
+                runs = {}
+                if program == "gated":
+                    if scorer.gram_bytes <= budget:
+                        pb = build_problem(n, P, frac, args.kernel_size, device=args.device, gram=True)
+                        runs["ours (Gram, float64)"] = ours(pb, program, cap, scorer)
+                    else:
+                        runs["ours (Gram, float64)"] = {"status": f"not run: Gram matrix {scorer.gram_bytes / 2**30:.1f} "
+                                                        f"GiB > budget {args.gram_budget_mb} MiB", "trace": []}
+                pb = build_problem(n, P, frac, args.kernel_size, dtype=torch.float32, device=args.device, gram=False)
+                runs["ours (matrix-free, float32)"] = ours(pb, program, cap, scorer)
+                del pb
+                spec = {"n": n, "P": P, "frac": frac, "k": args.kernel_size, "program": program, "cap": cap}
+                if "pyscnn" not in args.skip:
+                    runs["pyscnn 0.0.10"] = competitor({**spec, "solver": "pyscnn"}, scorer, tmp)
+                nnz = n * Pn * c * d * (1 if program == "gated" else 3)
+                if "cvxpy" in args.skip:
+                    pass
+                elif nnz > args.cvxpy_max_nnz:
+                    runs["cvxpy + Clarabel"] = {"status": f"not run: {nnz:.1e} nonzeros > --cvxpy-max-nnz", "trace": []}
+                else:
+                    runs["cvxpy + Clarabel"] = competitor({**spec, "solver": "cvxpy"}, scorer, tmp)
+                finals = [pt[1] for r in runs.values() for pt in r.get("trace", []) if pt[2] <= VIOLATION]
+                best = min(finals) if finals else None
+                lower = max((r.get("lower_bound", -math.inf) for r in runs.values()), default=-math.inf)
+                for name, r in runs.items():
+                    r["seconds_to_target"] = time_to(r.get("trace", []), best * (1 + ACCURACY)) if best else None
+                    print(f"  {program:5s} {name:28s} {r['status']:>14s}  t(1e-4)={r['seconds_to_target']}  "
+                          f"obj={r.get('objective')} viol={r.get('violation')}", flush=True)
+                rows.append({**info, "program": program, "cap_seconds": cap, "best_objective": best,
+                             "best_lower_bound": lower, "runs": runs})
+    load_after = load_average()
+    result = {"meta": {"command": command_line(argv), "date": now_utc(), "machine": machine_info(args.device),
+                       "threads": 1, "load_average_before": load_before, "load_average_after": load_after,
+                       "device": args.device},
+              "accuracy": ACCURACY, "violation": VIOLATION, "kernel_size": args.kernel_size, "rows": rows}
     out = Path(args.out)
     write_json(out.with_suffix(".json"), result)
     write_markdown(out.with_suffix(".md"), markdown(result))
@@ -183,52 +315,125 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fmt(v, spec=".3g"):
-    return "not reached" if v is None else format(v, spec)
+def _t(r: dict) -> str:
+    if r.get("seconds_to_target") is not None:
+        return f"{r['seconds_to_target']:.3g} s"
+    if str(r.get("status", "")).startswith("not run"):
+        return r["status"]
+    return f"not reached ({r.get('status')})"
 
 
-def markdown(r: dict) -> str:
-    rl, pr, m = r["relu"], r["problem"], r["meta"]
-    lines = [
-        "# Convex solvers: ours vs cvxpy vs Adam", "",
-        f"Command: `{m['command']}`  ", f"Date: {m['date']}  ",
-        f"Machine: {m['machine']['cpu']}, {m['machine']['usable_cores']} usable cores, 1 torch thread, "
-        f"torch {m['machine']['torch']}, Python {m['machine']['python']}", "",
-        f"Problem: {pr['patches']} patches of a noisy synthetic knee slice ({pr['kernel_size']}x{pr['kernel_size']}, "
-        f"2 channels, d = {pr['patch_dim']}), {pr['patterns']} sign patterns, lam = {pr['lam']}, group_by channel. "
-        f"Accuracy target: objective <= p* (1 + {pr['accuracy']:g}) (ReLU: and violation <= 1e-6).", "",
-        "| program | patches | our time to 1e-4 (s) | our total (s) | cvxpy (s) | speed-up (goal >= 10x) |"
-        " ours - cvxpy (rel.) | violation ours / cvxpy (goal <= 1e-6) |",
-        "|---|---|---|---|---|---|---|---|",
-        *[f"| gated ReLU (R-FISTA) | {g['patches']} | {_fmt(g['ours']['seconds_to_accuracy'])} | "
-          f"{_fmt(g['ours']['seconds_total'])} | {g['cvxpy']['seconds']:.3g} | {_fmt(g['speedup'], '.2f')}x | "
-          f"{g['relative_difference']:.2e} | - |" for g in r["gated"]],
-        f"| ReLU (augmented Lagrangian) | {pr['patches']} | {_fmt(rl['ours']['seconds_to_accuracy'])} | "
-        f"{_fmt(rl['ours']['seconds_total'])} | {rl['cvxpy']['seconds']:.3g} | {_fmt(rl['speedup'], '.2f')}x | "
-        f"{rl['relative_difference']:.2e} | {rl['ours']['violation']:.1e} / {rl['cvxpy']['violation']:.1e} |", "",
-        "Our totals include the stopping tests (a gradient per iteration) and, for the gated program, building "
-        "the Gram matrix; 'total' runs on to tighter tolerances than 1e-4.", "",
-        "Adam on the two-layer ReLU network (same patches, weight decay lam, units split between output channels):", "",
-        "| seed | best objective | rel. to ReLU optimum | time to within 1e-4 (s) | steps | budget (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for a in r["adam"]:
-        rel = (a["best_objective"] - rl["optimum"]) / rl["optimum"]
-        lines.append(f"| {a['seed']} | {a['best_objective']:.8g} | {rel:+.2e} | "
-                     f"{_fmt(a['seconds_to_target'])} | {a['steps']} | {a['budget_seconds']:g} |")
-    lines += ["", "Adam's network is not restricted to the sampled patterns, so with few gates it can go below the "
-              "ReLU program's optimum over those patterns (negative entries above); over all patterns the "
-              "convex optimum is a lower bound (tests/test_convex_certificates.py)."]
-    if m.get("load_average_at_end"):
-        lines += ["", f"Load average at the end (1, 5, 15 min): {m['load_average_at_end']} on a machine shared with "
-                  "other jobs: absolute times are inflated, ours and cvxpy's alike."]
-    misses = []
-    for name, block in [(f"gated (n={g['patches']})", g) for g in r["gated"]] + [(f"ReLU (n={pr['patches']})", rl)]:
-        if block["speedup"] is None or block["speedup"] < SPEEDUP_GOAL:
-            misses.append(f"{name}: speed-up {_fmt(block['speedup'], '.2f')}x < {SPEEDUP_GOAL:g}x goal")
-    if rl["ours"]["violation"] > VIOLATION_GOAL:
-        misses.append(f"ReLU violation {rl['ours']['violation']:.1e} > {VIOLATION_GOAL:g}")
-    lines += ["", "Goals missed: " + ("; ".join(misses) if misses else "none") + "."]
+def _speedup(ours: dict, theirs: dict, cap: float) -> str:
+    """theirs / ours time to target; a lower bound (>) when theirs did not reach it within the cap."""
+    a = ours.get("seconds_to_target")
+    if a is None or str(theirs.get("status", "")).startswith("not run"):
+        return "-"
+    b = theirs.get("seconds_to_target")
+    return f"{b / a:.1f}x" if b is not None else f"> {cap / a:.0f}x"
+
+
+def bracket(row: dict) -> float:
+    """(p* estimate - best dual bound) / p* estimate: how well the reference optimum itself is certified."""
+    if not row["best_objective"] or not math.isfinite(row["best_lower_bound"]):
+        return math.inf
+    return (row["best_objective"] - row["best_lower_bound"]) / row["best_objective"]
+
+
+def goals(r: dict) -> list[str]:
+    """One line per goal of issue 19, met or missed, from the measured rows."""
+    out = []
+    for row in r["rows"]:
+        runs, cap, size = row["runs"], row["cap_seconds"], f"n={row['n']}, P={row['patterns']}, {row['lam_fraction']:g} lam_max"
+        best = min((v for k, v in runs.items() if k.startswith("ours") and v.get("seconds_to_target") is not None),
+                   key=lambda v: v["seconds_to_target"], default=None)
+        if bracket(row) > ACCURACY:
+            out.append(f"- {row['program']} ({size}): p* is not certified to 1e-4 (best feasible objective "
+                       f"{row['best_objective']}, best dual bound {row['best_lower_bound']:.9g}, bracket "
+                       f"{bracket(row):.1e}): no solver is shown to have reached 1e-4; the times in the table are "
+                       "to within 1e-4 of the best feasible point found. Goal NOT DEMONSTRATED.")
+            continue
+        if best is None:
+            out.append(f"- {row['program']} ({size}): ours did not reach the target within {cap} s: MISSED")
+            continue
+        for name, goal in (("cvxpy + Clarabel", GATED_SPEEDUP_GOAL if row["program"] == "gated" else 1.0),
+                           ("pyscnn 0.0.10", 1.0)):
+            if name not in runs:
+                continue
+            if row["program"] == "relu" and name == "pyscnn 0.0.10":
+                goal = None  # the issue sets no ReLU goal against pyscnn; reported for information
+            theirs = runs[name]
+            text = _speedup(best, theirs, cap)
+            if text == "-":
+                out.append(f"- {row['program']} ({size}) vs {name}: {theirs.get('status')}")
+                continue
+            b = theirs.get("seconds_to_target")
+            ratio = (b / best["seconds_to_target"]) if b is not None else None
+            if goal is None:
+                verdict = "(no goal)"
+            elif row["program"] == "gated" and name.startswith("cvxpy") and row["n"] < 4000:
+                verdict = "(goal applies from n = 4,000)"
+            elif ratio is not None:
+                verdict = "met" if ratio >= goal else "MISSED"
+            else:
+                verdict = (f"met (it did not reach the target in the {cap} s cap)" if cap / best["seconds_to_target"] >= goal
+                           else f"not decided: it did not reach the target in the {cap} s cap, ours took "
+                                f"{best['seconds_to_target']:.3g} s")
+            out.append(f"- {row['program']} ({size}): ours {best['seconds_to_target']:.3g} s vs {name} {text} "
+                       f"(goal >= {goal:g}x) {verdict}" if goal is not None else
+                       f"- {row['program']} ({size}): ours {best['seconds_to_target']:.3g} s vs {name} {text} {verdict}")
+    return out
+
+
+def markdown(r: dict) -> str:  # noqa: C901
+    m = r["meta"]
+    lines = ["# Convex solvers: ours vs pyscnn vs cvxpy + Clarabel", "",
+             f"Command: `{m['command']}` (under `flock /tmp/mrirecon-bench.lock`, OMP_NUM_THREADS=1)  ",
+             f"Date: {m['date']}  ",
+             f"Machine: {m['machine']['cpu']}, {m['machine']['usable_cores']} usable cores, 1 thread, torch "
+             f"{m['machine']['torch']}, device {m['device']} (no GPU on this machine: the `--device cuda` column "
+             "was not run)  ",
+             f"Load average before / after (1, 5, 15 min): {m['load_average_before']} / {m['load_average_after']}: "
+             "the 2 cores were shared with other people's jobs (load ~10), so every absolute time is inflated "
+             "several-fold, all solvers alike; ratios are the meaningful numbers, and caps bind sooner than on an "
+             "idle machine.", "",
+             f"Problems: {r['kernel_size']}x{r['kernel_size']} patches of noisy synthetic knee slices (2 channels, "
+             "d = 50), residual targets, group_by channel, lam a fraction of lam_max (the closed-form threshold of "
+             "the zero optimum), so no optimum is trivial. Time to objective <= p* (1 + 1e-4) with violation <= 1e-6, "
+             "p* the best such objective any solver reached, every point scored by one float64 objective; each run "
+             "capped (cap column). 'p* bracket' is (p* - best dual bound) / p*: how far p* itself is certified.", "",
+             "Solvers: ours (Gram): R-FISTA on the Gram matrix (float64), run where it fits the 128 MiB budget; "
+             "ours (matrix-free): R-FISTA or the augmented Lagrangian by patch products, float32 patches, float64 "
+             "sums (ReLU: delta = 1000/n, 10 inner iterations per multiplier step; the library's defaults are "
+             "10/n and 2000). pyscnn 0.0.10: its R-FISTA / augmented Lagrangian, tolerances tightened (1e-12 / "
+             "1e-10, constraint 1e-6) so it runs to the cap, unitize_data off, float64, lam / c (it scales the loss "
+             "by 1/(2nc)); its iterates are scored every 10 iterations through its metrics hook (its own metric "
+             "computation counts in its time). cvxpy 1.9.3: one matrix variable per sign holding all patterns, "
+             "Clarabel 0.11.1 (the fastest installed solver: Clarabel, SCS and OSQP are installed; "
+             "an interior-point method), canonicalisation included; skipped where its constraint matrix would hold "
+             "more than 1e8 nonzeros.", ""]
+    for program in ("gated", "relu"):
+        sub = [row for row in r["rows"] if row["program"] == program]
+        if not sub:
+            continue
+        names = list(dict.fromkeys(k for row in sub for k in row["runs"]))
+        lines += [f"## {'Gated ReLU program' if program == 'gated' else 'Exact ReLU program'}", "",
+                  "| n | P | lam / lam_max | cap (s) | " + " | ".join(names) + " | p* bracket (rel.) |",
+                  "|---|---|---|---|" + "---|" * len(names) + "---|"]
+        for row in sub:
+            br = f"{bracket(row):.1e}" if math.isfinite(bracket(row)) else "-"
+            lines.append(f"| {row['n']} | {row['patterns']} | {row['lam_fraction']:g} | {row['cap_seconds']} | "
+                         + " | ".join(_t(row["runs"][k]) if k in row["runs"] else "-" for k in names) + f" | {br} |")
+        lines.append("")
+    lines += ["## Goals (issue 19)", "", *goals(r), ""]
+    if r.get("notes"):  # findings written after the run (what the measured numbers mean), kept with them
+        lines += ["## Notes", "", *[f"- {note}" for note in r["notes"]], ""]
+    lines += ["## The earlier 11x claim, corrected", "",
+              "The previous version of this report said our gated solver was 11x faster than cvxpy at n = 4,000. "
+              "That cvxpy run used one variable per pattern, which canonicalises about 3x slower than one matrix "
+              "variable holding all patterns, and it ran under heavier load than ours: 12.4 s where the one-variable "
+              "formulation takes 3.7 s on the same problem. Measured side by side with the competitor's best "
+              "formulation (issue 19), the ratio was 3.5x, not 11x. This benchmark always gives cvxpy the one-variable "
+              "formulation.", ""]
     return "\n".join(lines)
 
 

@@ -1,22 +1,28 @@
 """Benchmark: the data pipeline at fastMRI's real sizes, from disk to a batch, beside fastMRI's own loader.
 
-    python benchmarks/data_pipeline.py --out results/data_pipeline [--data /tmp/fastmri_size] [--items 70]
+    python benchmarks/data_pipeline.py --make-files        # the data files and maps, once, untimed
+    flock /tmp/mrirecon-bench.lock python benchmarks/data_pipeline.py --out results/data_pipeline \
+        [--data /tmp/mrirecon_fastmri_size] [--items 70] [--rounds 3] [--skip-espirit] [--shared "..."]
     python benchmarks/data_pipeline.py --out results/data_pipeline --only masks   # the mask bank part, < 1 min
 
 Data: 2 files in the fastMRI multi-coil knee layout at its real size: k-space (35 slices, 15 coils, 640, 368)
 complex64 (~0.99 GB each), reconstruction_rss (35, 320, 320), ISMRMRD header. Anatomy and coils come
 from `mrirecon.synthetic` (5 generated slices repeated to 35: the loader's cost does not depend
 on the content, and generating 35 phantom slices at this size takes minutes). The coil-map cache is
-filled with the generator's own coil maps (ESPIRiT itself costs about a minute per slice of this size
-on a CPU core, a one-off cost per file that the maps cache pays once; timed here on one slice).
+filled with the generator's own coil maps (ESPIRiT itself, a one-off cost per file that the maps cache pays
+once, is timed here on one slice; benchmarks/coil_maps.py measures it in full).
 
-Measured, each configuration in a fresh process (so its peak memory is its own):
-  - ours: `ReconDataset` + `ReconTransform` (random 4x mask, 8% centre; readout crop to 320, maps from
-    the cache, zero-filled scaling, the rss target) through a DataLoader, batch 1, 0 and 2 workers;
+Measured, each configuration in a fresh process (so its peak memory is its own), `--rounds` rounds with ours
+and fastMRI's alternating (one run, same machine state; the median round is reported):
+  - ours: the lean loader training uses: `ReconDataset` + `ReconTransform.load` through `EpochTagged`
+    (read the slice, read its cached maps at the recon readout, draw the mask; tensors, no FFT) through a
+    DataLoader, batch 1, 0 and 2 workers;
   - fastMRI: `fastmri.data.SliceDataset` + `VarNetDataTransform` (the same mask family) on the same files;
-  - slices per second over `--items` slices after one warm-up item; peak resident memory of the process
-    and its workers (ru_maxrss). The files are read through the OS page cache (warm after the first pass;
-    the cache is not dropped on a shared machine).
+  - slices per second over `--items` slices after one warm-up item; peak resident (RSS) and private (USS)
+    memory of the main process and of the largest worker, sampled by a thread. The files are read through the OS page cache (warm after the first
+    pass; the cache is not dropped on a shared machine);
+  - our batch transform (`BatchTransform`, the device part: readout crop, masking, target, zero-filled image,
+    scaling) per slice on this CPU, apart (on a GPU it runs on the training device, not in the loader).
 Also: the Poisson-disc ky-kz mask draw (knee3d, 64 x 48, 4x, calib 20 x 20), uncached and from the cache
 (`subsample._poisson_mask`) for the slices of one validation file.
 Outputs: OUT/data_pipeline.json and OUT/data_pipeline.md, atomically, with command, date and machine.
@@ -31,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,7 +51,7 @@ from benchmarks import common  # noqa: E402
 
 SLICES, COILS, READOUT, WIDTH, RECON = 35, 15, 640, 368, 320
 DISTINCT = 5  # generated slices per file, repeated to SLICES
-MASK = {"type": "random", "center_fractions": [0.08], "accelerations": [4]}
+MASK = {"name": "random", "center_fractions": [0.08], "accelerations": [4]}
 
 
 def maps_folder(folder: Path) -> Path:
@@ -91,17 +96,87 @@ def make_files(folder: Path) -> list[Path]:
                 f.create_dataset("ismrmrd_header", data=np.bytes_(header))
                 f.attrs.update(acquisition="CORPD_FBK", max=float(rss.max()), norm=float(np.linalg.norm(rss)),
                                patient_id=f"bench-{i}")
-        with atomic_path(cache.path_for(path, "knee2d")) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("espirit_maps", data=np.broadcast_to(maps[None, None], (SLICES, 1, *maps.shape)))
+        cache.store(path, "knee2d", np.broadcast_to(maps[None, None], (SLICES, 1, *maps.shape)))
     return paths
 
 
-def _peak_mib() -> float:
-    """Peak resident memory of this process plus its largest finished child (DataLoader workers), MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+def _memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, USS) of process `pid` in MiB: resident, and private to it (what it allocated itself; a forked
+    DataLoader worker's RSS also counts the pages it shares with its parent)."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":", 1)
+            fields[key] = float(value.split()[0]) / 1024
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return fields.get("Rss", 0.0), fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
+
+
+class MemorySampler:
+    """Peak RSS and USS of this process and of each of the given worker processes, sampled every `period_s` by
+    a thread (ru_maxrss would not do: a process started by exec inherits its parent's peak, and a forked
+    worker's includes its parent's pages)."""
+
+    def __init__(self, period_s: float = 0.02):
+        import threading
+
+        self.period_s, self.pids = period_s, {"process": os.getpid()}
+        self.peak = {"process": (0.0, 0.0)}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def watch(self, pids: list[int]) -> None:
+        self.pids.update({f"worker{i}": pid for i, pid in enumerate(pids)})
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in list(self.pids.items()):
+                rss, uss = _memory_mib(pid)
+                old = self.peak.get(name, (0.0, 0.0))
+                self.peak[name] = (max(old[0], rss), max(old[1], uss))
+            self._stop.wait(self.period_s)
+
+    def summary(self) -> dict[str, float | None]:
+        workers = [v for k, v in self.peak.items() if k.startswith("worker")]
+        return {"peak_process_rss_mib": self.peak["process"][0], "peak_process_uss_mib": self.peak["process"][1],
+                "peak_worker_rss_mib": max(w[0] for w in workers) if workers else None,
+                "peak_worker_uss_mib": max(w[1] for w in workers) if workers else None}
+
+
+def dataset(loader: str, folder: Path):
+    """What each side's DataLoader iterates (batch 1, what every worker does per slice):
+    ours: `ReconDataset` + `ReconTransform.load` through `EpochTagged` (training's loader): read the k-space
+      slice (h5py), read its cached maps at the recon readout (320 of 640 rows, from the maps cache), draw the
+      random mask, hand over tensors; no FFT (readout crop, masking, target, zero-filled image, scaling are the
+      batch transform's, on the training device);
+    fastmri: `SliceDataset` + `VarNetDataTransform`: read the k-space slice and its `reconstruction_rss` target,
+      to_tensor (a copy as real pairs), draw the random mask and apply it; no maps (VarNet estimates its own
+      inside the model), no FFT."""
+    if loader == "ours":
+        from mrirecon.data.coil_maps import MapCache
+        from mrirecon.data.datasets import ReconDataset
+        from mrirecon.data.masks import build_mask_func
+        from mrirecon.data.transforms import EpochTagged, ReconTransform
+
+        transform = ReconTransform(build_mask_func(MASK), deterministic=False, target="rss")
+        ds = ReconDataset(folder, "knee2d", transform, require_maps=True, scan_values=False, progress=False,
+                          maps_cache=MapCache(maps_folder(folder)))
+        return EpochTagged(ds, transform)
+    from fastmri.data import SliceDataset
+    from fastmri.data.subsample import RandomMaskFunc
+    from fastmri.data.transforms import VarNetDataTransform
+
+    return SliceDataset(folder, challenge="multicoil",
+                        transform=VarNetDataTransform(RandomMaskFunc([0.08], [4]), use_seed=False))
 
 
 def run_loader(loader: str, folder: Path, workers: int, items: int) -> dict[str, Any]:
@@ -110,43 +185,54 @@ def run_loader(loader: str, folder: Path, workers: int, items: int) -> dict[str,
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    if loader == "ours":
-        from mrirecon.data.coil_maps import MapCache
-        from mrirecon.data.datasets import ReconDataset
-        from mrirecon.data.subsample import build_mask_func
-        from mrirecon.data.transforms import ReconTransform
-
-        transform = ReconTransform(build_mask_func(MASK), deterministic=False, target="rss")
-        ds = ReconDataset(folder, "knee2d", transform, require_maps=True, scan_values=False, progress=False,
-                          maps_cache=MapCache(maps_folder(folder)))
-    else:
-        from fastmri.data import SliceDataset
-        from fastmri.data.subsample import RandomMaskFunc
-        from fastmri.data.transforms import VarNetDataTransform
-
-        ds = SliceDataset(folder, challenge="multicoil",
-                          transform=VarNetDataTransform(RandomMaskFunc([0.08], [4]), use_seed=False))
+    ds = dataset(loader, folder)
     dl = DataLoader(ds, batch_size=1, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
-    it = iter(dl)
-    next(it)  # warm-up: worker start-up, imports, first file open
-    start = time.perf_counter()
-    n = 0
-    for _ in range(items):
-        try:
-            next(it)
-        except StopIteration:
-            it = iter(dl)
-            next(it)
-        n += 1
-    seconds = time.perf_counter() - start
-    del it, dl
+    with MemorySampler() as memory:
+        it = iter(dl)
+        memory.watch([w.pid for w in getattr(it, "_workers", [])])
+        next(it)  # warm-up: worker start-up, imports, first file open
+        start = time.perf_counter()
+        n = 0
+        for _ in range(items):
+            try:
+                next(it)
+            except StopIteration:  # (items > slices: a new epoch, new workers)
+                it = iter(dl)
+                memory.watch([w.pid for w in getattr(it, "_workers", [])])
+                next(it)
+            n += 1
+        seconds = time.perf_counter() - start
+        del it, dl
     return {"loader": loader, "workers": workers, "items": n, "seconds": seconds, "slices_per_s": n / seconds,
-            "peak_rss_mib": _peak_mib()}
+            **memory.summary()}
+
+
+def run_batch_transform(folder: Path, items: int) -> dict[str, Any]:
+    """Batch mode: the device part of ours (`BatchTransform`: readout crop, masking, target, zero-filled image,
+    scaling), here on the CPU with one thread, per slice of batch 1 (on a GPU it runs beside training)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mrirecon.data.transforms import BatchTransform
+
+    torch.set_num_threads(1)
+    prepare = BatchTransform(target="rss")
+    batches = list(zip(range(min(items, 10)), DataLoader(dataset("ours", folder), batch_size=1, shuffle=True,
+                                                        generator=torch.Generator().manual_seed(0))))
+    prepare(batches[0][1])  # warm-up
+    times = []
+    for _, b in batches:
+        start = time.perf_counter()
+        prepare(b)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return {"items": len(times), "median_ms_per_slice": 1e3 * times[len(times) // 2]}
 
 
 def poisson_mask_cost(slices: int = 32) -> dict[str, Any]:
     """ms per Poisson-disc ky-kz mask, uncached (every draw) and for a validation file's slices (cached)."""
-    from mrirecon.data.subsample import PoissonMask2D, _poisson_disc, _poisson_mask, seed_from_name
+    from mrirecon.data.masks import PoissonMask2D, seed_from_name
+    from mrirecon.data.masks.poisson import _poisson_disc, _poisson_mask
 
     mf = PoissonMask2D([4], calib_size=(20, 20))
     shape = (8, 64, 48)
@@ -170,8 +256,9 @@ def mask_bank_cost(draws: int = 64, bank: int = 256, epoch_slices: int = 224) ->
     """ms per training-slice Poisson-disc mask at knee3d's setting: fresh draws vs the mask bank."""
     import tempfile
 
-    from mrirecon.data import mask_bank
-    from mrirecon.data.subsample import PoissonMask2D, _poisson_mask, seed_from_name
+    from mrirecon.data.masks import PoissonMask2D, seed_from_name
+    from mrirecon.data.masks import poisson as mask_bank
+    from mrirecon.data.masks.poisson import _poisson_mask
 
     shape, accel, calib = (8, 64, 48), 8.0, (12, 12)
     # training seeds as ReconTransform makes them: (file, slice, epoch, run seed)
@@ -239,31 +326,75 @@ def espirit_one_slice(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def median_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (loader, workers): the median round by slices/s; peaks are the largest of the rounds."""
+    rows = []
+    for key in dict.fromkeys((r["loader"], r["workers"]) for r in runs):
+        group = sorted((r for r in runs if (r["loader"], r["workers"]) == key), key=lambda r: r["slices_per_s"])
+        row = dict(group[len(group) // 2])
+        row["rounds_slices_per_s"] = [r["slices_per_s"] for r in group]
+        for peak in ("peak_process_rss_mib", "peak_process_uss_mib", "peak_worker_rss_mib", "peak_worker_uss_mib"):
+            values = [r[peak] for r in group if r[peak] is not None]
+            row[peak] = max(values) if values else None
+        rows.append(row)
+    return rows
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
+    rows = {(r["loader"], r["workers"]): r for r in result["loaders"]}
     lines = [
-        "# Data pipeline at fastMRI's real size", "",
-        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+        "# Data pipeline at fastMRI's real size: our lean loader beside fastMRI's", "",
+        f"Command: `{meta['command']}` (the timed part under `flock /tmp/mrirecon-bench.lock`)  ",
+        f"Date: {meta['date']}  ",
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['usable_cores']} usable cores, "
-        f"torch {meta['machine']['torch']}, load average at start {meta['load_average']}", "",
+        f"torch {meta['machine']['torch']}; load average at start {meta['load_average']}, at end "
+        f"{meta['load_average_end']}. {result['shared']}", "",
         f"Files: 2 x k-space {result['files']['kspace_shape']} complex64 ({result['files']['gib_each']:.2f} GiB "
-        "each), warm page cache. Batch 1, shuffled, "
-        f"{result['items']} slices timed after one warm-up slice.", "",
-        "| loader | workers | slices/s | peak RSS (MiB, process + largest worker) |", "|---|---|---|---|",
+        "each) with `reconstruction_rss` and an ISMRMRD header, cached maps (1 set, 15 coils, 640 x 368) in the "
+        f"maps cache; warm page cache. Batch 1, shuffled; per configuration {result['items']} slices timed after "
+        f"one warm-up slice, in a fresh process; {result['rounds']} rounds, ours and fastMRI's alternating; the "
+        "median round is shown (all rounds in the JSON), peaks are the largest over the rounds.", "",
+        "| loader | workers | slices/s | vs fastMRI | main process peak RSS / USS (MiB) "
+        "| per worker peak RSS / USS (MiB) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for r in result["loaders"]:
-        lines.append(f"| {r['loader']} | {r['workers']} | {r['slices_per_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+
+    def mib(r: dict, who: str) -> str:
+        rss, uss = r[f"peak_{who}_rss_mib"], r[f"peak_{who}_uss_mib"]
+        return "-" if rss is None else f"{rss:.0f} / {uss:.0f}"
+
+    for (loader, workers), r in rows.items():
+        theirs = rows.get(("fastmri", workers))
+        ratio = f"{r['slices_per_s'] / theirs['slices_per_s']:.2f}x" if theirs else ""
+        lines.append(f"| {loader} | {workers} | {r['slices_per_s']:.2f} | {ratio} | {mib(r, 'process')} "
+                     f"| {mib(r, 'worker')} |")
+    lines += ["", "Memory: sampled every 20 ms from /proc/PID/smaps_rollup; RSS counts pages a forked worker shares "
+              "with its parent (the imports), USS only its own (what a worker allocates per slice). "
+              "With 2 workers the main process only collates and receives batches."]
+    b = result["batch_transform"]
+    lines += ["", "Equal work per slice:", "",
+              "- ours (`ReconDataset` + `ReconTransform.load` through `EpochTagged`, training's loader): read the "
+              "k-space slice, read its cached coil maps at the recon readout (320 of 640 rows) from the maps cache, "
+              "draw the random mask (4x, 8% centre), hand over tensors. No FFT.",
+              "- fastMRI (`SliceDataset` + `VarNetDataTransform`, the same mask family): read the k-space slice and "
+              "its `reconstruction_rss`, convert to real pairs, draw and apply the mask. No maps (its VarNet "
+              "estimates them inside the model), no FFT.",
+              "- Not in either loader: ours crops the readout, masks, builds the target and the zero-filled image "
+              "and scales in the batch transform (`BatchTransform`) on the training device; fastMRI's VarNet does "
+              "its FFTs and sensitivity estimation in the model. Our batch transform on this CPU, one thread: "
+              f"{b['median_ms_per_slice']:.0f} ms per slice (median of {b['items']}); on a GPU it runs beside "
+              "training.", ""]
     p = result["poisson_mask"]
-    lines += ["", "ours: ReconDataset + ReconTransform (readout crop, cached maps, zero-filled scaling, rss target); "
-              "fastmri: SliceDataset + VarNetDataTransform (masking and tensor conversion only, no maps).", "",
-              f"Poisson-disc ky-kz mask {p['shape'][0]}x{p['shape'][1]} at {p['acceleration']}x: "
-              f"{p['uncached_ms_per_mask']:.1f} ms per draw uncached; {p['cached_ms_per_slice']:.3f} ms per ky-kz "
-              f"slice of a validation file ({p['validation_file_slices']} slices share the file's mask, cached).",
-              ""]
+    if p is not None:
+        lines += [f"Poisson-disc ky-kz mask {p['shape'][0]}x{p['shape'][1]} at {p['acceleration']}x: "
+                  f"{p['uncached_ms_per_mask']:.1f} ms per draw uncached; {p['cached_ms_per_slice']:.3f} ms per ky-kz "
+                  f"slice of a validation file ({p['validation_file_slices']} slices share the file's mask, cached).",
+                  ""]
     if result["espirit_seconds_one_slice"] is not None:
-        lines.append(f"ESPIRiT (sigpy) for one 640 x 368, 15-coil slice: {result['espirit_seconds_one_slice']:.1f} s "
-                     "(paid once per file by the maps cache).")
-    return "\n".join(lines)
+        lines.append(f"ESPIRiT (mrirecon.physics.espirit) for one 640 x 368, 15-coil slice: "
+                     f"{result['espirit_seconds_one_slice']:.1f} s (paid once per file by the maps cache).")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,12 +402,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "data_pipeline")
     p.add_argument("--data", type=Path, default=Path("/tmp/mrirecon_fastmri_size"))
     p.add_argument("--items", type=int, default=70, help="slices timed per configuration")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations (median shown)")
+    p.add_argument("--shared", default="", help="a sentence for the report on other work sharing the machine")
     p.add_argument("--worker", nargs=2, metavar=("LOADER", "WORKERS"), help=argparse.SUPPRESS)
-    p.add_argument("--skip-espirit", action="store_true", help="do not time ESPIRiT on one slice (~1 min)")
+    p.add_argument("--batch-transform", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--make-files", action="store_true", help="only write the data files and maps (untimed; run "
+                   "it before the timed run, outside the benchmark lock)")
+    p.add_argument("--skip-espirit", action="store_true", help="do not time ESPIRiT on one slice")
+    p.add_argument("--skip-poisson", action="store_true", help="do not time the Poisson-disc mask")
     p.add_argument("--only", choices=["masks"], help="masks: only the Poisson mask bank measurement")
     a = p.parse_args(argv)
     if a.worker:
         print(json.dumps(run_loader(a.worker[0], a.data, int(a.worker[1]), a.items)))
+        return 0
+    if a.batch_transform:
+        print(json.dumps(run_batch_transform(a.data, a.items)))
+        return 0
+    if a.make_files:
+        make_files(a.data)
         return 0
     meta = {"command": common.command_line(argv), "date": common.now_utc(), "machine": common.machine_info("cpu"),
             "load_average": common.load_average(), "commit": common.git_commit()}
@@ -287,20 +430,28 @@ def main(argv: list[str] | None = None) -> int:
         print(masks_markdown(result))
         return 0
     paths = make_files(a.data)
-    loaders = []
-    for loader in ("ours", "fastmri"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def fresh(*args: str) -> dict[str, Any]:
+        cmd = [sys.executable, __file__, *args, "--data", str(a.data), "--items", str(a.items)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    runs = []
+    for r in range(a.rounds):
+        order = ("ours", "fastmri") if r % 2 == 0 else ("fastmri", "ours")
         for workers in (0, 2):
-            cmd = [sys.executable, __file__, "--worker", loader, str(workers), "--data", str(a.data),
-                   "--items", str(a.items)]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-            loaders.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(loaders[-1], flush=True)
-    result = {"meta": meta, "items": a.items, "loaders": loaders,
+            for loader in order:
+                runs.append(fresh("--worker", loader, str(workers)))
+                print(runs[-1], flush=True)
+    result = {"meta": meta, "items": a.items, "rounds": a.rounds, "loaders": median_rows(runs), "runs": runs,
+              "batch_transform": fresh("--batch-transform"),
               "files": {"count": len(paths), "kspace_shape": [SLICES, COILS, READOUT, WIDTH],
                         "gib_each": paths[0].stat().st_size / 2**30},
-              "poisson_mask": poisson_mask_cost(),
-              "espirit_seconds_one_slice": None if a.skip_espirit else espirit_one_slice(paths[0])}
+              "poisson_mask": None if a.skip_poisson else poisson_mask_cost(),
+              "espirit_seconds_one_slice": None if a.skip_espirit else espirit_one_slice(paths[0]),
+              "shared": a.shared}
+    result["meta"]["load_average_end"] = common.load_average()
     common.write_json(a.out / "data_pipeline.json", result)
     common.write_markdown(a.out / "data_pipeline.md", markdown(result))
     print(markdown(result))

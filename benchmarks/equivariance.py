@@ -42,9 +42,10 @@ from benchmarks import common  # noqa: E402
 from mrirecon.config import Config, load_config  # noqa: E402
 from mrirecon.data.coil_maps import embed_maps  # noqa: E402
 from mrirecon.data.datasets import ReconDataset  # noqa: E402
-from mrirecon.data.subsample import build_mask_func  # noqa: E402
+from mrirecon.data.masks import build_mask_func  # noqa: E402
 from mrirecon.synthetic.generator import generate  # noqa: E402
-from mrirecon.data.transforms import RawSlice, ReconTransform, to_numpy_magnitude  # noqa: E402
+from mrirecon.data.transforms import RawSlice, ReconTransform  # noqa: E402
+from mrirecon.evaluation.volumes import magnitude  # noqa: E402
 from mrirecon.evaluation.equivariance import equivariance_errors  # noqa: E402
 from mrirecon.evaluation.metrics import evaluate_volume  # noqa: E402
 from mrirecon.models.build import build_network  # noqa: E402
@@ -56,7 +57,7 @@ CONFIG_DIR = ROOT / "configs" / "equivariant"
 PROXES = ("resnet", "scale_equivariant", "rotation_equivariant")
 STRATEGIES = ("e2e", "gleam")
 TRAIN_ZOOM, AUGMENT_ZOOMS, OOD_ZOOMS = 1.0, (0.8, 1.25), (0.6, 1.6)
-MASK = {"type": "random", "center_fractions": [0.08], "accelerations": [4]}
+MASK = {"name": "random", "center_fractions": [0.08], "accelerations": [4]}
 
 
 def log(message: str) -> None:
@@ -155,8 +156,8 @@ def score(net: Any, slices: list[RawSlice]) -> dict[str, float]:
         if not errors:
             errors = equivariance_errors(net.modules(), net.zero_filled(b.kspace, b.maps, b.mask))
         target, pred = volumes.setdefault(raw.fname, ([], []))
-        target.append(to_numpy_magnitude(b.target[0]))
-        pred.append(to_numpy_magnitude(recon[0]))
+        target.append(magnitude(b.target[0]))
+        pred.append(magnitude(recon[0]))
     metrics = [evaluate_volume(np.stack(t), np.stack(p)) for t, p in volumes.values()]
     net.train()
     return {"psnr": float(np.mean([m["psnr"] for m in metrics])), "ssim": float(np.mean([m["ssim"] for m in metrics])),

@@ -1,7 +1,7 @@
 """The matched-memory experiment: GLEAM against end-to-end, checkpointed and invertible training.
 
-    python benchmarks/matched_memory.py --out results/matched_memory [--quick] [--only KIND]
-        [--volumes V] [--device auto|cpu|cuda] [key.sub=value ...]
+    python benchmarks/matched_memory.py --out results/matched_memory [--work outputs/matched_memory] [--quick]
+        [--only KIND] [--volumes V] [--device auto|cpu|cuda] [key.sub=value ...]
 
 GLEAM (Ozturkler et al. 2022) trains 3N unrolls in 3 greedy modules of N within the activation memory of
 an N-unroll network trained end to end (their brain setup: 24 unrolls in 3 modules vs 8 unrolls). For
@@ -20,7 +20,10 @@ KIND_invertible .yaml) this script
      mrirecon.evaluation.runner.evaluate (fastMRI PSNR/SSIM/NMSE), and the zero-filled and CG-SENSE
      baselines on the same split,
   5. writes OUT/results.json (meta, rows, goals) and OUT/results.md (tables, goals with measured value
-     and pass/fail) atomically, after every run, so an interrupted experiment keeps what it measured.
+     and pass/fail) atomically, after every run, so an interrupted experiment keeps what it measured;
+     the first test volume's figure of each network is copied to OUT/figures/. The run folders and the
+     evaluations (predictions, per-volume CSVs) go to WORK (--work, default outputs/<name of OUT>,
+     git-ignored): the report summarises them (per-epoch validation PSNR and losses in results.json).
 
 Goals (the GLEAM paper's claims, as set in the issue), per kind:
   - GLEAM PSNR >= e2e PSNR + 1 dB (at matched memory);
@@ -29,7 +32,7 @@ Goals (the GLEAM paper's claims, as set in the issue), per kind:
     both on the wall clock and on the training steps alone;
   - and the premise, not a claim: GLEAM's peak memory <= 1.1x that of e2e.
 
---quick: tiny data under OUT/quick_data/KIND (a few 32x32 slices, 4 coils) and 1 epoch, for checking
+--quick: tiny data under WORK/quick_data/KIND (a few 32x32 slices, 4 coils) and 1 epoch, for checking
 the pipeline in a minute. Key=value overrides apply to every run (after --quick's), e.g.
 `train.max_epochs=50` on a GPU; --volumes sets the size of a generated data set. The configs themselves
 stay the same on a GPU: only data size and epochs change.
@@ -149,7 +152,7 @@ def step_memory(cfg: Config, device: torch.device) -> tuple[dict[str, float], in
 
     data = ReconDataModule(cfg)
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))
+    batch = data.batch_transform(next(iter(data.train_dataloader())))  # the loader hands over LoadedSample
     torch.manual_seed(cfg.train.seed)
     module = ReconModule(cfg.to_dict()).to(device)
     optimizers = module.configure_optimizers()
@@ -206,7 +209,7 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, float]:
             "test_slices": summary["num_slices"]}
 
 
-def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.device, index: str,
+def run_network(kind: str, strategy: str, cfg: Config, out: Path, work: Path, device: torch.device, index: str,
                 progress: bool) -> dict[str, Any]:
     """Memory, training and test metrics of one config: one row."""
     from mrirecon.evaluation.runner import evaluate
@@ -227,7 +230,7 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
         f"({result.train_seconds / max(epochs, 1):.1f} s/epoch, steps alone {result.step_seconds:.0f} s); evaluating {Path(ckpt).name} on the test split")
     common.release_memory(device)
     module = load_module(ckpt)
-    summary = evaluate(cfg, Path(cfg.data.root) / "test", out / "eval" / kind / strategy, module=module,
+    summary = evaluate(cfg, Path(cfg.data.root) / "test", work / "eval" / kind / strategy, module=module,
                        device=device.type, num_figures=1)
     del module
     common.release_memory(device)
@@ -242,15 +245,16 @@ def run_network(kind: str, strategy: str, cfg: Config, out: Path, device: torch.
         **metrics_of(summary),
         "best_val_psnr": result.best_score, **training_log(result.run_dir), "checkpoint": common.display_path(ckpt),
         "eval_seconds_per_slice": summary["seconds_per_slice"],
+        "figures": common.keep_figures(summary["figures"], out / "figures", strategy),
     }
     log(f"[{kind} {index}] {strategy}: test PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
     return row
 
 
-def run_baseline(kind: str, method: str, cfg: Config, out: Path) -> dict[str, Any]:
+def run_baseline(kind: str, method: str, cfg: Config, work: Path) -> dict[str, Any]:
     from mrirecon.evaluation.runner import evaluate
 
-    summary = evaluate(cfg, Path(cfg.data.root) / "test", out / "eval" / kind / method, method=method,
+    summary = evaluate(cfg, Path(cfg.data.root) / "test", work / "eval" / kind / method, method=method,
                        num_figures=0)
     row = {"kind": kind, "strategy": method, "method": method, "num_unrolls": None, "num_modules": None,
            "parameters": 0, "peak_memory_mib": None, "train_seconds": None, "step_seconds": None, "epochs": None,
@@ -368,13 +372,16 @@ def markdown(result: dict[str, Any]) -> str:
         for g in kind_goals:
             verdict = "not measured" if g["pass"] is None else ("pass" if g["pass"] else "**fail**")
             lines.append(f"| {g['description']} | {_fmt(g['value'])} | {g['target']} | {verdict} |")
+        figures = [p for r in rows for p in r.get("figures", [])]
+        if figures:
+            lines += ["", "Figures (first test volume): " + ", ".join(f"`{p}`" for p in figures)]
         lines.append("")
     lines += ["## Networks", ""] + [f"- {d}" for d in meta["networks"]]
     return "\n".join(lines) + "\n"
 
 
 def describe_data(cfg: Config, root: Path, quick: bool) -> str:
-    from mrirecon.evaluation.runner import build_dataset
+    from mrirecon.data.build import build_dataset
 
     counts = {s: len(build_dataset(cfg, root / s)) for s in ("train", "val", "test")}
     return (f"Data: synthetic {cfg.data.kind} in `{common.display_path(root)}`"
@@ -406,11 +413,13 @@ METHOD = ("Peak memory: one training step on the first training batch after a wa
 
 # ------------------------------------------------------------------------------------------------ main
 def experiment_parser(doc: str) -> argparse.ArgumentParser:
-    """The options of every matched-memory script: --out, --quick, --device, --progress and overrides."""
+    """The options of every matched-memory script: --out, --work, --quick, --device, --progress and overrides."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
-    p.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md, runs/, eval/")
-    p.add_argument("--quick", action="store_true", help="tiny data under OUT/quick_data and 1 epoch")
+    p.add_argument("--out", required=True, type=Path, help="the report's folder: results.json, results.md, figures/")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the run folders (runs/) and evaluations (eval/); default outputs/<name of --out>")
+    p.add_argument("--quick", action="store_true", help="tiny data under WORK/quick_data and 1 epoch")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
     p.add_argument("overrides", nargs="*", help="dotted config overrides for every run, e.g. train.max_epochs=2")
@@ -428,10 +437,15 @@ def parser() -> argparse.ArgumentParser:
 
 def run_settings(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     """The device --device names (auto: CUDA where there is one) and the overrides every run gets (its output
-    folder under --out, Lightning's accelerator for that device)."""
+    folder under WORK, Lightning's accelerator for that device)."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    return device, [f"output_dir={args.out / 'runs'}", f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"]
+    return device, [f"output_dir={work_dir(args) / 'runs'}", f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"]
+
+
+def work_dir(args: argparse.Namespace) -> Path:
+    """Where run folders and evaluations go: --work, else outputs/<name of --out> (git-ignored)."""
+    return args.work if args.work is not None else common.ROOT / "outputs" / args.out.name
 
 
 def quiet_lightning() -> None:
@@ -446,10 +460,10 @@ def quiet_lightning() -> None:
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
     device, fixed = run_settings(args)
     kinds = [args.only] if args.only else available_kinds()
-    out: Path = args.out
+    out, work = args.out, work_dir(args)
     experiments = {}
     for kind in kinds:  # every config is validated before anything runs
-        quick = [f"data.root={out / 'quick_data' / kind}", *QUICK_OVERRIDES] if args.quick else []
+        quick = [f"data.root={work / 'quick_data' / kind}", *QUICK_OVERRIDES] if args.quick else []
         experiments[kind] = load_experiment(kind, [*fixed, *quick, *args.overrides])
     quiet_lightning()
     start, date, load_start = time.perf_counter(), common.now_utc(), common.load_average()
@@ -474,7 +488,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
         result["meta"]["data"][kind] = describe_data(ref, root, args.quick)
         for i, (strategy, cfg) in enumerate(configs.items(), 1):
             try:
-                row = run_network(kind, strategy, cfg, out, device, f"{i}/{len(configs)}", args.progress)
+                row = run_network(kind, strategy, cfg, out, work, device, f"{i}/{len(configs)}", args.progress)
             except (RuntimeError, ValueError) as e:  # a failed run is reported; the others still run
                 failed += 1
                 log(f"[{kind} {i}/{len(configs)}] {strategy}: FAILED: {e}")
@@ -483,7 +497,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str
             save()
         for method in BASELINES:
             try:
-                result["rows"].append(run_baseline(kind, method, ref, out))
+                result["rows"].append(run_baseline(kind, method, ref, work))
             except (RuntimeError, ValueError) as e:
                 failed += 1
                 log(f"[{kind}] {BASELINES[method]}: FAILED: {e}")

@@ -68,7 +68,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from mrirecon.data.subsample import build_mask_func  # noqa: E402
+from mrirecon.data.masks import build_mask_func  # noqa: E402
 from mrirecon.models import UnrolledNet  # noqa: E402
 from mrirecon.physics import SenseOp, ifftc  # noqa: E402
 from mrirecon.training.invertible import InversionSettings  # noqa: E402
@@ -81,7 +81,7 @@ DEFAULT_SIZE = {2: (128, 128), 3: (16, 32, 32)}
 ROW_KEYS = ("strategy", "label", "num_unrolls", "num_modules", "parameters", "device", "peak_memory_mib",
             "peak_step_mib", "step_time_s")
 LIPSCHITZ, STEP_SIZE_MAX, NUM_BLOCKS = 0.9, 1.0, 2
-MASK = {"type": "random", "center_fractions": [0.08], "accelerations": [4]}
+MASK = {"name": "random", "center_fractions": [0.08], "accelerations": [4]}
 
 
 class Config(NamedTuple):

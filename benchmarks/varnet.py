@@ -47,12 +47,14 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout: make `mrirecon
 from benchmarks import common  # noqa: E402
 from mrirecon.config import Config, load_config  # noqa: E402
 from mrirecon.synthetic import phantoms  # noqa: E402
-from mrirecon.data.subsample import build_mask_func, seed_from_name  # noqa: E402
-from mrirecon.data.transforms import RawSlice, ReconTransform  # noqa: E402
+from mrirecon.data.masks import build_mask_func, seed_from_name  # noqa: E402
+from mrirecon.data.transforms import LoadedSample, RawSlice, ReconTransform  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
 from mrirecon.physics import fftc, ifftc, rss  # noqa: E402
 from mrirecon.training.losses import build_loss  # noqa: E402
 from mrirecon.training.memory import measure_step_memory  # noqa: E402
 from mrirecon.models.build import build_network  # noqa: E402
+from mrirecon.data.build import batch_transform  # noqa: E402
 from mrirecon.training.strategies import build_strategy, default_optimizers  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "configs" / "knee2d.yaml"
@@ -73,6 +75,8 @@ class Batch(NamedTuple):
     vn_mask: Tensor     # (B, 1, 1, W, 1) bool
     vn_target: Tensor   # (B, H, W) RSS of the fully sampled coil images (VarNet's target)
     num_low: int        # fully sampled centre lines (fastMRI's num_low_frequencies)
+    loaded: LoadedSample  # what our DataLoader workers hand over (raw k-space, mask, maps): our training step
+                          # starts from it with the batch transform, as training does on the device
 
 
 def coil_maps(coils: int, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -97,8 +101,8 @@ def synthetic_batches(cfg: Config, num_slices: int, size: tuple[int, int], coils
     """`num_slices` knee slices in `ceil(num_slices / batch)` batches (the last one filled up cyclically)."""
     rng = np.random.default_rng(seed)
     images = phantoms.knee2d(rng, num_slices, size)
-    transform = ReconTransform(build_mask_func(cfg.data.mask), deterministic=True)
-    samples = []
+    transform = ReconTransform(build_mask_func(cfg.data.mask), deterministic=True, target=cfg.data.target)
+    samples, raws = [], []
     for i, image in enumerate(images):
         maps = coil_maps(coils, size, rng)
         full = fftc(torch.from_numpy(image[None] * maps), ndim=2)
@@ -106,6 +110,7 @@ def synthetic_batches(cfg: Config, num_slices: int, size: tuple[int, int], coils
         full = full + sigma * torch.complex(*torch.from_numpy(rng.standard_normal((2, *full.shape), np.float32)))
         raw = RawSlice(full.numpy(), maps[None], None, f"benchmark_{i:03d}.h5", i, None, 2)
         s = transform(raw)
+        raws.append(raw)
         # The transform does not report the mask's centre width: redraw the same mask (validation masks are
         # seeded by the file name) and make sure it is the one the transform drew.
         drawn = transform.mask_func(tuple(full.shape), seed=seed_from_name(raw.fname))
@@ -121,14 +126,18 @@ def synthetic_batches(cfg: Config, num_slices: int, size: tuple[int, int], coils
                              "VarNet takes one num_low_frequencies per batch (use one center fraction or --batch 1)")
         kspace = torch.stack([s.kspace for s, _, _ in group])
         mask = torch.stack([s.mask for s, _, _ in group])
+        loaded = default_collate([transform.load(raws[(start + j) % num_slices]) for j in range(batch)])
+        if not torch.equal(batch_transform(cfg)(loaded).kspace, kspace):
+            raise RuntimeError("the batch transform does not reproduce the per-sample transform's k-space")
         out.append(Batch(kspace, torch.stack([s.maps for s, _, _ in group]), mask,
                          torch.stack([s.target for s, _, _ in group]), torch.view_as_real(kspace).contiguous(),
-                         mask.bool()[..., None], torch.stack([t for _, t, _ in group]), group[0][2]))
+                         mask.bool()[..., None], torch.stack([t for _, t, _ in group]), group[0][2], loaded))
     return out
 
 
 def to_device(b: Batch, device: torch.device) -> Batch:
-    return Batch(*(t.to(device) if isinstance(t, Tensor) else t for t in b))
+    loaded = LoadedSample(*(t.to(device) if isinstance(t, Tensor) else t for t in b.loaded))
+    return Batch(*(t.to(device) if isinstance(t, Tensor) else t for t in b[:-1]), loaded)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -151,12 +160,15 @@ def ours(cfg: Config, strategy_name: str, device: torch.device, seed: int) -> Ru
     strategy = build_strategy(strategy_name, net, **options)
     optimizers = default_optimizers(strategy, net, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     loss_fn = build_loss(cfg.train.loss)
+    prepare = batch_transform(cfg)  # the device part of our data path, in every step as in training
 
     def train_step(b: Batch) -> float:
-        return strategy.step(net, b.kspace, b.maps, b.mask, b.target, loss_fn, optimizers)["loss"]
+        s = prepare(b.loaded)
+        return strategy.step(net, s.kspace, s.maps, s.mask, s.target, loss_fn, optimizers)["loss"]
 
     def infer(b: Batch) -> Tensor:
-        return net(b.kspace, b.maps, b.mask)
+        s = prepare(b.loaded)
+        return net(s.kspace, s.maps, s.mask)
 
     m = cfg.model
     settings = {"num_unrolls": m.num_unrolls, "dc": m.dc, "prox": dict(m.prox), "share_weights": m.share_weights,
@@ -165,8 +177,9 @@ def ours(cfg: Config, strategy_name: str, device: torch.device, seed: int) -> Ru
     if strategy_name == "gleam":
         settings["num_modules"] = options["num_modules"]
     label = f"mrirecon unrolled {m.dc.upper()}"
+    settings["batch_transform"] = "in the step (masking, target, zero-filled image, scaling)"
     return Runner(label, strategy_name, net, optimizers, train_step, infer,
-                  lambda b: [b.kspace, b.maps, b.mask, b.target], settings)
+                  lambda b: [b.loaded.kspace, b.loaded.maps, b.loaded.mask], settings)
 
 
 def count_params(net: nn.Module) -> int:
@@ -308,8 +321,12 @@ def markdown(result: dict) -> str:
         "auto-calibration lines, inside its timed forward pass and its parameter count; our network uses "
         "precomputed maps (ESPIRiT maps cached once per file in training; here the synthetic maps), whose "
         "estimation is not in our timings.",
-        "- Losses: ours L1 on the complex image against the SENSE target; VarNet L1 on its RSS magnitude "
-        "output against the RSS target. Both Adam with the config's lr and weight decay.",
+        f"- Losses: ours {our['settings']['loss']} against the config's target (data.target); VarNet L1 on its "
+        "RSS magnitude output against the RSS target. Both Adam with the config's lr and weight decay.",
+        "- Data path: our training step starts from what our DataLoader workers hand over (k-space as read, mask, "
+        "maps) and runs the batch transform (masking, target, zero-filled image, scaling; `BatchTransform`, "
+        "what training runs on the device) inside the timed step; VarNet's step starts from masked k-space "
+        "(fastMRI's worker masks) and does its FFTs and sensitivity estimation in the model.",
         "- gleam: one Adam per module, each step runs every module in turn (forward, loss, backward, "
         "optimizer step), so a step does the same unrolls as e2e plus one optimizer step per module.",
         f"- Machine: {mach['cpu']} ({mach['cpu_count']} CPUs, torch threads: {mach['torch_threads']})"
@@ -318,7 +335,9 @@ def markdown(result: dict) -> str:
         f"{meta['load_average']['start']} / {meta['load_average']['end']}).",
         "- Peak memory: one training step / one inference pass, " + memory,
     ]
-    return head + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(notes) + "\n"
+    run = (f"Command: `{meta['command']}` (under `flock /tmp/mrirecon-bench.lock`; other work shared the machine "
+           "when its load average is above its core count)\n\n")
+    return head + run + "\n".join(lines) + "\n\nNotes:\n" + "\n".join(notes) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -413,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "git_commit": common.git_commit(),
             "config": common.display_path(args.config),
             "overrides": list(args.override),
-            "mask": f"{mask['type']} mask, accelerations {mask.get('accelerations')}, center fractions "
+            "mask": f"{mask.get('name', mask.get('type'))} mask, accelerations {mask.get('accelerations')}, center fractions "
                     f"{mask.get('center_fractions')}",
             "sizes": {"height": size[0], "width": size[1], "coils": args.coils, "batch": args.batch,
                       "slices": args.slices, "steps": args.steps, "warmup": args.warmup,

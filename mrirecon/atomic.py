@@ -12,6 +12,8 @@ import contextlib
 import errno
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -64,9 +66,12 @@ def atomic_path(path: str | os.PathLike, copy_from: str | os.PathLike | None = N
         yield Path(tmp)
         _fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and str(path) not in str(e):
+            # A write() error carries no file name: "[Errno 28] No space left on device" says nothing of where.
+            raise OSError(e.errno, f"{os.strerror(e.errno)} while writing {path}", str(path)) from None
         raise
     _fsync_path(path.parent, directory=True)
 
@@ -77,30 +82,73 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _holder() -> str:
+    """Who holds a lock, as written into the lock file: pid, host and command line."""
+    command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+    return f"pid {os.getpid()} on {socket.gethostname()}: {command}"
+
+
+def _take_lock(lock: Path, what: Path) -> int:
+    """flock `lock` (created if missing) without waiting; FolderBusyError names `what` and the holder."""
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        if holder.isdigit():  # written by an older version: the pid alone
+            holder = f"pid {holder}"
+        raise FolderBusyError(f"{what}: another process ({holder}) is writing into this folder; "
+                              "wait for it or choose another output folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{_holder()}\n".encode(), 0)
+    return fd
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on `folder` (flock on FOLDER/.mrirecon.lock) while writing into it.
 
-    A second process asking for the same folder gets FolderBusyError at once instead of interleaving
-    its files with ours. The lock is released when the block ends or the process dies.
+    A second process asking for the same folder gets FolderBusyError at once, naming the holder (pid, host,
+    command), instead of interleaving its files with ours. The lock is released when the block ends or the
+    process dies.
     """
-    import fcntl
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _take_lock(folder / LOCK_NAME, folder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusyError(f"{folder}: another process (pid {holder}) is writing into this folder; "
-                                  "wait for it or choose another output folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def path_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on `path`, which need not exist: flock on a hidden file beside it
+    (PARENT/.NAME.lock), removed when the block ends, so nothing is left behind.
+
+    A lock file removed by its holder may have been opened by a waiting process meanwhile; the lock counts
+    only if the file at the lock's path is still the one locked (else it is taken again).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        fd = _take_lock(lock, path)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)

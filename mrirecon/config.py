@@ -1,20 +1,40 @@
 """Experiment configuration: typed defaults in code, small YAML files with only the differences,
 dotted command-line overrides (`train.max_epochs=3 model.prox.channels=16`).
 
-Unknown keys, wrong types and impossible values fail before anything runs, naming the key. YAML (files
-and override values) is read with YAML 1.2 numbers (`1e-3` is a float, not a string); a duplicate key
-or a syntax error is named with its file, line and column.
+The grammar:
+- Order: defaults <- the files a config inherits (`base: ../knee2d.yaml`, or a list, the first applied
+  first; paths relative to the file; a base may have its own base) <- the file <- dotted overrides.
+- A section that selects a registered kind names it with `name` and holds that kind's options beside it:
+  `model.prox: {name: resnet, channels: 32}`, `data.mask: {name: random, ...}`,
+  `train.scheduler: {name: cosine}`. Mapping into such a section merges into the current options, unless
+  `name` changes: then the old kind's options are dropped. A plain value that picks one of a fixed set keeps
+  its own word: `data.kind` (the data kind), `model.dc`, `train.strategy`, `train.loss`.
+- Old names still read (configs and checkpoints written before): `data.mask.type` is `data.mask.name`;
+  prox options renamed by the prox's registration (`unet`: base_channels -> channels, depth -> num_blocks;
+  `scale_equivariant`: num_layers -> num_blocks). `train.invertible.cg_iters` / `cg_tol` are refused with
+  their new names (`inverse_cg_iters` / `inverse_cg_tol`; `model.cg_iters` is MoDL's data consistency).
+
+Unknown keys, wrong types and impossible values fail before anything runs, naming the key (and for a key in
+a file, the file and line). YAML (files and override values) is read with YAML 1.2 numbers (`1e-3` is a float,
+not a string); a duplicate key or a syntax error is named with its file, line and column. This module is
+schema and YAML only: a registry checks its own section (`register_section_check`: the prox registry checks
+`model.prox` by its constructor's signature, without building one).
+
+Why not OmegaConf (structured configs): it reports a bad key by its path but not the file and line, gives no
+place for the rules above (old names, `name` resetting a section), and has no Union types (`dict | None`);
+dataclasses plus this small merger (YAML 1.2 numbers, located mappings) cost less than adapting it.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -25,11 +45,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    kind: str = "knee2d"                 # knee2d | brain2d | knee3d | cine
+    kind: str = "knee2d"                 # a registered data kind (mrirecon/data/kinds.py): knee2d | brain2d | knee3d | cine
     root: str = "data/synthetic/knee2d"  # folder with train/ val/ test/ sub-folders of .h5 files
     volume: bool = False                 # knee3d: whole 3D volumes instead of ky-kz slices
-    mask: dict = field(default_factory=lambda: {"type": "random", "center_fractions": [0.08], "accelerations": [4]})
-    # type: poisson also takes bank (precomputed training masks per setting, default 256; 0 = a fresh draw
+    mask: dict = field(default_factory=lambda: {"name": "random", "center_fractions": [0.08], "accelerations": [4]})
+    # name: poisson also takes bank (precomputed training masks per setting, default 256; 0 = a fresh draw
     # every time) and bank_cache (their folder, default $MRIRECON_MASK_CACHE or ~/.cache/mrirecon/masks)
     maps: str = "file"                   # file (ESPIRiT maps from the maps cache, see mrirecon.data.coil_maps) | online
     maps_cache: str | None = None        # coil-map cache folder (default $MRIRECON_MAPS_CACHE or ~/.cache/mrirecon/maps)
@@ -53,7 +73,7 @@ class ModelConfig:
     step_size_init: float | None = None  # PGD step alpha_k (default 1, or step_size_max / 2 when bounded)
     step_size_max: float | None = None   # bound alpha_k < max (invertible PGD needs alpha < 1/||A^H A||)
     lam_init: float = 4.0                # MoDL lambda (GLEAM's MoDL config: 4)
-    cg_iters: int = 10                   # MoDL CG iterations (GLEAM: 10)
+    cg_iters: int = 10                   # MoDL data consistency: CG iterations (GLEAM: 10)
 
 
 @dataclass
@@ -86,7 +106,8 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int = 1
     precision: str = "32-true"
-    invertible: dict = field(default_factory=dict)  # MEL options (fixed-point iterations, ...)
+    # MEL's inversion: prox_iters, prox_tol, inverse_cg_iters, inverse_cg_tol (strategies.Invertible)
+    invertible: dict = field(default_factory=dict)
     nonfinite: str = "stop"              # a NaN/Inf loss or gradient: stop (error) | skip (drop that step)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
@@ -104,11 +125,9 @@ class Config:
 
 
 CHOICES = {
-    "data.kind": ("knee2d", "brain2d", "knee3d", "cine"),
     "data.maps": ("file", "online"),
     "data.target": ("rss", "sense"),
     "model.dc": ("pgd", "modl"),
-    "train.strategy": ("e2e", "checkpoint", "invertible", "gleam", "gleam_pipeline"),
     "train.pipeline.backend": ("auto", "gloo", "nccl"),
     "train.loss": ("l1", "l2", "ssim"),
     "train.nonfinite": ("stop", "skip"),
@@ -117,12 +136,37 @@ POSITIVE = ("model.num_unrolls", "model.num_maps", "model.cg_iters", "data.batch
             "train.max_epochs", "train.lr", "train.check_val_every_n_epoch", "train.devices",
             "train.pipeline.replicas", "train.pipeline.timeout_s")
 POSITIVE_OR_NONE = ("train.num_modules", "train.pipeline.stages", "train.pipeline.threads")
-GREEDY = ("gleam", "gleam_pipeline")  # strategies that split the network into modules
+# Old names read from files, overrides and checkpoints: {dotted key of a section: {old: new}}.
+RENAMED = {"data.mask": {"type": "name"}}
+# Old names refused, with what to write instead (their meaning changed or was ambiguous).
+REFUSED = {
+    "train.invertible.cg_iters": "train.invertible.inverse_cg_iters (MEL's CG inversion of the gradient step; "
+                                 "model.cg_iters is MoDL's data consistency)",
+    "train.invertible.cg_tol": "train.invertible.inverse_cg_tol",
+}
+
+
+class _Mapping(dict):
+    """A YAML mapping that remembers where it was written: `source` (file name) and each key's line."""
+
+    source: str = ""
+    lines: dict
+
+
+def _where(updates: dict, key: Any) -> str:
+    """'FILE, line N: ' for a key read from a file, '' otherwise."""
+    if isinstance(updates, _Mapping) and key in updates.lines:
+        if updates.source.startswith("override "):  # one line: naming the override is enough
+            return f"{updates.source}: "
+        return f"{updates.source}, line {updates.lines[key] + 1}: "
+    return ""
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats (`1e-3` is a number, where YAML 1.1 reads a string)
-    and duplicate keys refused (YAML 1.1 silently keeps the last one)."""
+    """PyYAML's safe loader with YAML 1.2 floats (`1e-3` is a number, where YAML 1.1 reads a string),
+    duplicate keys refused (YAML 1.1 silently keeps the last one), and mappings that remember their lines."""
+
+    source = "<yaml>"
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
@@ -134,9 +178,20 @@ class _YamlLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+        out = super().construct_mapping(node, deep=deep)
+        located = _Mapping(out)
+        located.source, located.lines = self.source, seen
+        return located
+
+    def construct_located_map(self, node):
+        data = _Mapping()
+        yield data
+        value = self.construct_mapping(node)
+        data.update(value)
+        data.source, data.lines = value.source, value.lines
 
 
+_YamlLoader.add_constructor("tag:yaml.org,2002:map", _YamlLoader.construct_located_map)
 _YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -149,10 +204,12 @@ _YamlLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str = "<override>") -> Any:
-    """YAML text -> Python value with the config loader; a syntax error or duplicate key raises
-    ConfigError naming `source` and the line."""
+    """YAML text -> Python value with the config loader (the project's one YAML reader); a syntax error or
+    duplicate key raises ConfigError naming `source` and the line. Mappings remember `source` and their lines."""
+    loader = _YamlLoader(text)
+    loader.source = source
     try:
-        return yaml.load(text, Loader=_YamlLoader)
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
@@ -160,6 +217,37 @@ def parse_yaml(text: str, source: str = "<override>") -> Any:
         raise ConfigError(f"{where}: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def read_config_file(path: str | os.PathLike) -> list[dict]:
+    """The mappings of a config file and of the files it inherits (`base:`), the farthest base first, each
+    without its `base` key. A missing file, a cycle or a bad `base` value raises ConfigError naming the files."""
+    layers: list[dict] = []
+
+    def visit(file: Path, chain: list[Path]) -> None:
+        key = file.resolve()
+        if key in chain:
+            cycle = " -> ".join(str(p) for p in [*chain[chain.index(key):], key])
+            raise ConfigError(f"config inheritance cycle: {cycle}")
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}" + (f" (the base of {chain[-1]})" if chain else ""))
+        data = parse_yaml(file.read_text(encoding="utf-8"), str(file))
+        data = _Mapping() if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: top level must be a mapping")
+        where = _where(data, "base")
+        bases = data.pop("base", None)
+        bases = [bases] if isinstance(bases, str) else bases
+        if bases is not None and not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+            raise ConfigError(f"{where}base: expected a config file name or a list of them (relative to {file.parent})")
+        for base in bases or []:
+            visit(Path(os.path.normpath(file.parent / base)), [*chain, key])
+        layers.append(data)
+
+    visit(Path(path), [])
+    return layers
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -182,30 +270,64 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def _renamed(path: str, value: dict) -> dict:
+    """A section's settings with old names mapped to new ones (RENAMED) and refused ones named (REFUSED)."""
+    for key in value:
+        if f"{path}.{key}" in REFUSED:
+            raise ConfigError(f"{_where(value, key)}{path}.{key} was renamed: write {REFUSED[f'{path}.{key}']}")
+    renames = RENAMED.get(path, {})
+    if not any(old in value for old in renames):
+        return value
+    out = _Mapping()
+    out.source, out.lines = getattr(value, "source", ""), dict(getattr(value, "lines", {}))
+    for key, v in value.items():
+        new = renames.get(key, key)
+        if new != key and new in value:
+            raise ConfigError(f"{_where(value, key)}{path}.{key} is the old name of {path}.{new}; give only {new}")
+        out[new] = v
+        if key in out.lines:
+            out.lines[new] = out.lines[key]
+    return out
+
+
 def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in updates.items():
         path = f"{prefix}{key}"
+        where = _where(updates, key)
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+            raise ConfigError(f"{where}unknown config key {path!r}; valid keys here: {sorted(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{path}: expected a mapping of settings, got {value!r}")
+                raise ConfigError(f"{where}{path}: expected a mapping of settings, got {value!r}")
             _merge(current, value, path + ".")
         elif isinstance(current, dict) and isinstance(value, dict):
-            # Settings of a named kind (prox name, mask type) merge into the current ones, unless
-            # the kind changes: then the old kind's settings would not apply, so start afresh.
-            kind = next((k for k in ("name", "type") if k in current), None)
-            if kind and kind in value and value[kind] != current[kind]:
-                setattr(obj, key, copy.deepcopy(value))
+            value = _renamed(path, value)
+            # Settings of a named kind (prox, mask, scheduler) merge into the current ones, unless the kind
+            # changes: then the old kind's settings would not apply, so start afresh.
+            if "name" in current and "name" in value and value["name"] != current["name"]:
+                setattr(obj, key, _plain(value))
             else:
                 merged = copy.deepcopy(current)
-                merged.update(value)
+                merged.update(_plain(value))
                 setattr(obj, key, merged)
         else:
-            setattr(obj, key, _check_type(path, value, hints[key]))
+            try:
+                value = _renamed(path, value) if isinstance(value, dict) else value
+                setattr(obj, key, _check_type(path, _plain(value), hints[key]))
+            except ConfigError as e:
+                raise ConfigError(f"{where}{e}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A value with the loader's located mappings turned back into plain dicts (what the config keeps)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -242,17 +364,21 @@ def _check_ranges(cfg: Config) -> None:
              "a finite number >= 0")
     _require("train.max_steps", t.max_steps, t.max_steps == -1 or t.max_steps >= 1, "-1 (no limit) or >= 1")
     _require("train.log_every_n_steps", t.log_every_n_steps, t.log_every_n_steps >= 1, ">= 1")
-    _require("train.limit_train_batches", t.limit_train_batches,
-             math.isfinite(t.limit_train_batches) and t.limit_train_batches > 0, "a finite number > 0")
-    _require("train.limit_val_batches", t.limit_val_batches,
-             math.isfinite(t.limit_val_batches) and t.limit_val_batches >= 0, "a finite number >= 0")
+    # A limit is a fraction of the batches (<= 1) or a whole number of batches (> 1), as in Lightning.
+    _require("train.limit_train_batches", t.limit_train_batches, math.isfinite(t.limit_train_batches)
+             and t.limit_train_batches > 0 and (t.limit_train_batches <= 1 or t.limit_train_batches.is_integer()),
+             "a fraction of the batches in (0, 1] or a whole number of batches")
+    _require("train.limit_val_batches", t.limit_val_batches, math.isfinite(t.limit_val_batches)
+             and t.limit_val_batches >= 0 and (t.limit_val_batches <= 1 or t.limit_val_batches.is_integer()),
+             "a fraction of the batches in [0, 1] or a whole number of batches")
+    _require("train.seed", t.seed, 0 <= t.seed < 2**32, "an integer in [0, 2**32) (numpy's seed range)")
     _require("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0")
     _require("model.lam_init", m.lam_init, math.isfinite(m.lam_init) and m.lam_init > 0, "a finite number > 0")
     for key in ("step_size_init", "step_size_max"):
         value = getattr(m, key)
         _require(f"model.{key}", value, value is None or (math.isfinite(value) and value > 0),
                  "a finite number > 0 (or null for the default)")
-    for key in ("channels", "num_blocks", "base_channels", "depth"):
+    for key in ("channels", "num_blocks"):
         if key in m.prox:
             value = m.prox[key]
             _require(f"model.prox.{key}", value, isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -273,11 +399,11 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def _check_mask_bank(mask: dict) -> None:
-    """data.mask.bank / bank_cache: Poisson-disc training masks from a bank (mrirecon.data.mask_bank)."""
+    """data.mask.bank / bank_cache: Poisson-disc training masks from a bank (mrirecon.data.masks.poisson)."""
     for key in ("bank", "bank_cache"):
-        if key in mask and mask.get("type") != "poisson":
+        if key in mask and mask.get("name") != "poisson":
             raise ConfigError(f"data.mask.{key}: only poisson masks have a mask bank (the other types cost "
-                              f"microseconds to draw), got type {mask.get('type')!r}; remove data.mask.{key}")
+                              f"microseconds to draw), got name {mask.get('name')!r}; remove data.mask.{key}")
     if "bank" in mask:
         bank = mask["bank"]
         _require("data.mask.bank", bank, isinstance(bank, int) and not isinstance(bank, bool) and bank >= 0,
@@ -286,6 +412,19 @@ def _check_mask_bank(mask: dict) -> None:
         folder = mask["bank_cache"]
         _require("data.mask.bank_cache", folder, folder is None or isinstance(folder, str),
                  "a folder or null (default $MRIRECON_MASK_CACHE or ~/.cache/mrirecon/masks)")
+
+
+# Deep checks of a section, registered by the code that owns it (a registry checks its own options), so
+# that this module stays schema and YAML only and imports nothing of the models or data.
+SectionCheck = Callable[[Config], None]
+_SECTION_CHECKS: dict[str, SectionCheck] = {}
+
+
+def register_section_check(key: str, check: SectionCheck) -> None:
+    """Run `check(cfg)` on every validated config (after the schema checks): it may normalise its section in
+    place (e.g. map old option names) and raises ConfigError, or ValueError which is reported under `key`.
+    A check must not build anything costly: it runs on every config load."""
+    _SECTION_CHECKS[key] = check
 
 
 def validate(cfg: Config) -> Config:
@@ -299,73 +438,51 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be > 0, got {value!r}")
     if not 0 < cfg.data.sample_rate <= 1:
         raise ConfigError(f"data.sample_rate: must be in (0, 1], got {cfg.data.sample_rate}")
-    _check_ranges(cfg)
-    if cfg.data.volume and cfg.data.kind != "knee3d":
-        raise ConfigError("data.volume: only knee3d data has whole volumes")
     if not isinstance(cfg.model.prox.get("name"), str):
         raise ConfigError("model.prox.name: missing (e.g. resnet or unet)")
-    from .models.registry import registered_prox
-
-    if cfg.model.prox["name"] not in registered_prox():
-        raise ConfigError(f"model.prox.name: unknown prox {cfg.model.prox['name']!r}; "
-                          f"registered: {sorted(registered_prox())}")
-    from .data.datasets import geometry
-    from .models.registry import build_prox
-
-    import torch
-
-    try:  # a prox refuses the settings and image layouts it cannot handle in its constructor: say so now
-        with torch.random.fork_rng(devices=[]):  # checking a config must not move the seeded generator
-            build_prox(cfg.model.prox, 2 * cfg.model.num_maps, geometry(cfg.data.kind, cfg.data.volume).conv_dims)
-    except ValueError as e:
-        raise ConfigError(f"model.prox: {e}") from None
-    if "type" not in cfg.data.mask:
-        raise ConfigError("data.mask.type: missing (random, equispaced, equispaced_fraction, poisson, kyt)")
-    from .data.subsample import build_mask_func
-
-    try:
-        build_mask_func(cfg.data.mask)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"data.mask: {e}") from None
+    if not isinstance(cfg.data.mask.get("name"), str):
+        raise ConfigError("data.mask.name: missing (random, equispaced, equispaced_fraction, poisson, kyt, cmrxrecon)")
+    if cfg.train.scheduler is not None and not isinstance(cfg.train.scheduler.get("name"), str):
+        raise ConfigError("train.scheduler.name: missing (step or cosine)")
+    _check_ranges(cfg)
+    for key, check in _SECTION_CHECKS.items():
+        try:
+            check(cfg)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{key}: {e}") from None
     t = cfg.train
-    if t.strategy in GREEDY:
-        if t.num_modules is None:  # GLEAM's own default: one unroll per module
-            t.num_modules = cfg.model.num_unrolls
-        if cfg.model.num_unrolls % t.num_modules:
-            raise ConfigError(f"train.num_modules: {t.num_modules} does not divide "
-                              f"model.num_unrolls={cfg.model.num_unrolls}")
-    else:
-        if t.num_modules not in (None, 1):
-            raise ConfigError(f"train.num_modules: only the gleam strategies split the network into modules "
-                              f"(train.strategy={t.strategy!r}, num_modules={t.num_modules})")
-        t.num_modules = 1
-    if t.strategy == "gleam_pipeline" and t.pipeline.stages is not None and t.pipeline.stages > t.num_modules:
+    # train.strategy and train.num_modules are checked by the strategy registry (training/strategies/base.py).
+    if t.strategy == "gleam_pipeline" and None not in (t.pipeline.stages, t.num_modules) and t.pipeline.stages > t.num_modules:
         raise ConfigError(f"train.pipeline.stages: {t.pipeline.stages} stages for {t.num_modules} GLEAM modules; "
                           "every stage needs at least one module")
-    if t.strategy == "gleam_pipeline" and t.pipeline.stages is not None and t.num_modules % t.pipeline.stages:
+    if t.strategy == "gleam_pipeline" and None not in (t.pipeline.stages, t.num_modules) and t.num_modules % t.pipeline.stages:
         raise ConfigError(f"train.pipeline.stages: {t.pipeline.stages} does not divide "
                           f"train.num_modules={t.num_modules}")
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> Config:
-    """Defaults <- `base` (e.g. a checkpoint's config) <- YAML file <- dotted overrides, then validated."""
+def config_from_layers(layers: list[dict], overrides: list[str] | tuple[str, ...] = (),
+                       base: dict | None = None) -> Config:
+    """Defaults <- `base` (e.g. a checkpoint's config) <- `layers` in order (`read_config_file`) <- dotted
+    overrides, then validated."""
     cfg = Config()
     if base is not None:
         _merge(cfg, base)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = parse_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        _merge(cfg, data)
+    for layer in layers:
+        _merge(cfg, layer)
     for text in overrides:
         keys, value = _parse_override(text)
         _merge(cfg, _nest(keys, value))
     return validate(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None) -> Config:
+    """Defaults <- `base` (e.g. a checkpoint's config) <- YAML file (after the files it inherits) <- dotted
+    overrides, then validated."""
+    return config_from_layers([] if path is None else read_config_file(path), overrides, base)
 
 
 def from_dict(data: dict) -> Config:

@@ -1,58 +1,88 @@
 """The main job, end to end on built-in synthetic data (what `make demo` runs):
 
-  1. generate a synthetic dataset (fastMRI layout, 60 volumes) unless it is already there,
+  1. generate a synthetic dataset (fastMRI layout, 60 volumes) unless it is already there; brain2d trains on
+     brains synthesised from the MNI152 template (`DEMO_ANATOMY`, `--anatomy synth`) and is also tested on
+     two real-anatomy test sets it never sees (`REAL_ANATOMY_SETS`: real scans shipped in installed
+     packages, and the undeformed template),
   2. compute and cache ESPIRiT coil maps (in the maps cache, never in the data files),
   3. train the unrolled network of configs/<kind>.yaml with GLEAM and the demo's schedule
      (`DEMO_DEFAULTS`: 2 greedy modules of 4 unrolls, half of end-to-end training's activation memory;
      `DEMO_SCHEDULE`: batch 1, Adam 3e-3 with cosine decay; override with e.g.
      `train.strategy=e2e train.num_modules=1`),
   4. evaluate it and the classical baselines (zero-filled, CG-SENSE, L1-wavelet CS; their settings chosen
-     on the validation split) on the test split against fastMRI's `reconstruction_rss`,
+     on the validation split) on the test split (and brain2d's real-anatomy sets, with the same baseline
+     settings) against fastMRI's `reconstruction_rss`,
   5. write a short report: metrics table, gains over the baselines and over the best of them, figure paths.
 
-    python -m mrirecon.demo [--kind knee2d|brain2d|knee3d|cine] [--out outputs/demo] [key.sub=value ...]
+    mrirecon demo [--kind knee2d|brain2d|knee3d|cine] [--out outputs/demo] [--anatomy model|synth]
+                  [--synth-off deformation|contrast] [key.sub=value ...]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .atomic import write_text
-from .config import ConfigError, load_config
-from .data.errors import DataError
+from .config import load_config
+from .data.kinds import get_kind
+from .data.layouts import FASTMRI
+from .synthetic.generator import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 # The demo trains with GLEAM; overrides given on the command line come after these and win.
 DEMO_DEFAULTS = ("train.strategy=gleam", "train.num_modules=2")
 # The 2D demos' training schedule at their CPU budget (about 22 minutes of training on one slow core),
-# chosen on the validation split (README, "Demo"; results/demo_v2/NOTES.md): many small steps, a high rate
+# chosen on the validation split (README, "Demo"; results/demo/NOTES.md): many small steps, a high rate
 # decayed to zero.
 DEMO_SCHEDULE = {kind: ("data.batch_size=1", "train.lr=3e-3", "train.scheduler={name: cosine}", "train.max_epochs=24")
-                 for kind in ("knee2d", "brain2d")}
+                 for kind in KINDS if get_kind(kind).layout is FASTMRI}
 DEMO_VOLUMES = 60  # 42 / 9 / 9 train / val / test volumes of 8 slices
 # The demo's goal: the network beats the best classical baseline by this much PSNR on the test split.
 GOAL_DB = 1.5
 
 
-def demo_config(kind: str, out: Path, overrides: list[str]):
-    """configs/<kind>.yaml with the demo's output folder, DEMO_DEFAULTS, the kind's DEMO_SCHEDULE, then the
-    user's overrides."""
+# brain2d trains on brains synthesised from the MNI152 template's tissue maps (random deformation, contrast,
+# bias field, resolution: `--anatomy synth`), so that it transfers to real anatomy (issue 20); each anatomy
+# (and each ablation of it) has its own data folder.
+DEMO_ANATOMY = {"brain2d": "synth"}
+# Real-anatomy test sets for brain2d (test split only, never used for training or tuning; the baselines use
+# the settings chosen on the demo's own val split): real scans shipped in installed packages
+# (`synthetic.real_scans`) and the undeformed MNI152 template. Their own seed: coils and noise are drawn afresh.
+REAL_ANATOMY_SETS = {"real scans": ("real", "data/synthetic/brain2d_real"),
+                     "MNI152 template": ("mni152", "data/synthetic/brain2d_mni152_test")}
+REAL_ANATOMY_VOLUMES, REAL_ANATOMY_SEED = 8, 1000
+# The goal on them: the network ahead of the best classical baseline by this much PSNR.
+REAL_GOAL_DB = 1.0
+BASELINES = (("zero_filled", "zero-filled"), ("sense", "CG-SENSE"), ("cs", "L1-wavelet CS"))
+
+
+def data_root(kind: str, anatomy: str | None, synth_off: tuple[str, ...] = ()) -> str:
+    """The demo's data folder for `kind` drawn from `anatomy` (None: the built-in models)."""
+    if anatomy in (None, "model"):
+        return f"data/synthetic/{kind}"
+    return f"data/synthetic/{kind}_{anatomy}" + "".join(f"_no{part}" for part in synth_off)
+
+
+def demo_config(kind: str, out: Path, overrides: list[str], anatomy: str | None = None,
+                synth_off: tuple[str, ...] = ()):
+    """configs/<kind>.yaml with the demo's output folder, its data folder for `anatomy` (`data_root`),
+    DEMO_DEFAULTS, the kind's DEMO_SCHEDULE, then the user's overrides."""
+    root = [f"data.root={data_root(kind, anatomy, synth_off)}"] if anatomy not in (None, "model") else []
     return load_config(REPO / "configs" / f"{kind}.yaml",
-                       [f"output_dir={out / 'runs'}", *DEMO_DEFAULTS, *DEMO_SCHEDULE.get(kind, ()), *overrides])
+                       [f"output_dir={out / 'runs'}", *root, *DEMO_DEFAULTS, *DEMO_SCHEDULE.get(kind, ()), *overrides])
 
 
-def _dataset_ready(root: Path) -> bool:
-    return all(any((root / s).glob("*.h5")) for s in ("train", "val", "test"))
+def _dataset_ready(root: Path, splits=("train", "val", "test")) -> bool:
+    return all(any((root / s).glob("*.h5")) for s in splits)
 
 
-def _outdated_synthetic(root: Path) -> bool:
-    """True when `root` holds synthetic files of an older generator (written by an earlier `make demo`):
-    the demo then writes its data afresh. Files that are not synthetic are never touched."""
+def _outdated_synthetic(root: Path, anatomy: str = "model", synth_off: tuple[str, ...] = ()) -> bool:
+    """True when `root` holds synthetic files of an older generator (written by an earlier `make demo`) or
+    of another anatomy or ablation: the demo then writes its data afresh. Files that are not synthetic are
+    never touched."""
     import h5py
 
     from .synthetic import GENERATOR_VERSION
@@ -63,7 +93,27 @@ def _outdated_synthetic(root: Path) -> bool:
                 return False
             if int(f.attrs.get("generator_version", 1)) < GENERATOR_VERSION:
                 return True
+            if (str(f.attrs.get("anatomy", "model")) != anatomy
+                    or str(f.attrs.get("synth_off", "")) != ",".join(synth_off)):
+                return True
     return False
+
+
+def _ensure_data(kind: str, root: Path, volumes: int, seed: int, anatomy: str, synth_off: tuple[str, ...],
+                 splits=("train", "val", "test"), label: str = "") -> None:
+    """Write the synthetic set unless a current one is there (see `_outdated_synthetic`)."""
+    from .synthetic import generate
+
+    if not _dataset_ready(root, splits) or _outdated_synthetic(root, anatomy, synth_off):
+        print(f"      generating {label or kind} data in {root} ({volumes} volumes, anatomy {anatomy})", flush=True)
+        generate(kind, root, volumes=volumes, seed=seed, overwrite=True,
+                 anatomy=None if anatomy == "model" else anatomy, synth_off=synth_off or None,
+                 test_only=splits == ("test",))
+    else:
+        found = len(list(root.glob("*/*.h5")))
+        print(f"      using existing data in {root} ({found} volumes"
+              + (f"; --volumes {volumes} applies only to data it writes: `make clean-data` to start afresh)"
+                 if found != volumes else ")"), flush=True)
 
 
 def _table(results: dict[str, dict]) -> str:
@@ -75,46 +125,92 @@ def _table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _gains(results: dict[str, dict], target_db: float) -> tuple[dict, dict]:
+    """The network's gains over each baseline, and the goal line against the best tuned one."""
+    net = results["unrolled network"]
+    gains = {b: {"psnr_db": net["psnr"]["mean"] - results[b]["psnr"]["mean"],
+                 "ssim": net["ssim"]["mean"] - results[b]["ssim"]["mean"]} for b in results if b != "unrolled network"}
+    best = max((b for b in gains if b != "zero-filled"), key=lambda b: results[b]["psnr"]["mean"])
+    return gains, {"best_baseline": best, "psnr_gain_db": gains[best]["psnr_db"], "target_db": target_db,
+                   "met": gains[best]["psnr_db"] >= target_db}
+
+
+def _per_source(folder: Path, attr: str) -> dict[str, float]:
+    """Mean PSNR per value of a file attr (e.g. `real_scan`) from an evaluation's per_volume.csv."""
+    import csv
+
+    import h5py
+
+    out: dict[str, list[float]] = {}
+    with open(folder / "per_volume.csv") as f:
+        rows = list(csv.DictReader(f))
+    data = Path(json.loads((folder / "metrics.json").read_text()).get("data", ""))
+    for row in rows:
+        with h5py.File(data / row["fname"], "r") as hf:
+            out.setdefault(str(hf.attrs.get(attr, "?")), []).append(float(row["psnr"]))
+    return {k: sum(v) / len(v) for k, v in sorted(out.items())}
+
+
 def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, generate_args: dict | None = None,
-        progress: bool = True) -> Path:
+        progress: bool = True, anatomy: str | None = None, synth_off: tuple[str, ...] = ()) -> Path:
+    """The demo (module docstring). `anatomy`: where the training data's anatomy comes from (default
+    DEMO_ANATOMY[kind], else the built-in models); `synth_off`: randomisations of `--anatomy synth` switched
+    off (the ablation)."""
     from .data.coil_maps import cache_maps
-    from .synthetic import generate
     from .evaluation.runner import evaluate
     from .training.module import load_module
     from .training.run import train
 
-    cfg = demo_config(kind, out, overrides)
+    anatomy = anatomy or DEMO_ANATOMY.get(kind, "model")
+    synth_off = tuple(synth_off or ())
+    cfg = demo_config(kind, out, overrides, anatomy, synth_off)
     root = Path(cfg.data.root)
     t0 = time.perf_counter()
-    if not _dataset_ready(root) or _outdated_synthetic(root):
-        print(f"[1/5] generating synthetic {kind} data in {root} ({volumes} volumes)", flush=True)
-        generate(kind, root, volumes=volumes, seed=seed, overwrite=_dataset_ready(root), **(generate_args or {}))
+    print(f"[1/5] synthetic {kind} data ({anatomy}" + (f", without {', '.join(synth_off)}" if synth_off else "")
+          + ")", flush=True)
+    if generate_args:  # settings beyond the anatomy (tests: tiny sizes)
+        from .synthetic import generate
+
+        generate(kind, root, volumes=volumes, seed=seed, overwrite=True, anatomy=None if anatomy == "model" else anatomy,
+                 synth_off=synth_off or None, **generate_args)
     else:
-        found = len(list(root.glob("*/*.h5")))
-        print(f"[1/5] using existing data in {root} ({found} volumes"
-              + (f"; --volumes {volumes} applies only to data it writes: `make clean-data` to start afresh)"
-                 if found != volumes else ")"), flush=True)
+        _ensure_data(kind, root, volumes, seed, anatomy, synth_off)
+    real_sets = {name: (a, Path(r)) for name, (a, r) in REAL_ANATOMY_SETS.items()} if kind == "brain2d" else {}
+    for name, (a, r) in real_sets.items():
+        _ensure_data(kind, r, REAL_ANATOMY_VOLUMES, REAL_ANATOMY_SEED, a, (), splits=("test",), label=name)
     print("[2/5] ESPIRiT coil maps (in the maps cache)", flush=True)
-    cache_maps(root, kind=kind, workers=2, verbose=False)
+    for r in [root, *(r for _, r in real_sets.values())]:
+        cache_maps(r, kind=kind, workers=2, verbose=False)
     print(f"[3/5] training {cfg.model.num_unrolls}-unroll {cfg.model.dc} network, strategy {cfg.train.strategy}",
           flush=True)
     result = train(cfg, enable_progress_bar=progress)
     ckpt = result.best_checkpoint or result.last_checkpoint
     print(f"      run directory {result.run_dir}; checkpoint {ckpt}", flush=True)
-    print("[4/5] evaluating on the test split", flush=True)
+    print("[4/5] evaluating on the test split" + (" and the real-anatomy test sets" if real_sets else ""), flush=True)
     results: dict[str, dict] = {}
     module = load_module(ckpt)
     results["unrolled network"] = evaluate(cfg, root / "test", out / "eval" / "network", module=module)
-    for method, label in (("zero_filled", "zero-filled"), ("sense", "CG-SENSE"), ("cs", "L1-wavelet CS")):
+    for method, label in BASELINES:
         results[label] = evaluate(cfg, root / "test", out / "eval" / method, method=method, num_figures=0)
-    net = results["unrolled network"]
-    gains = {b: {"psnr_db": net["psnr"]["mean"] - results[b]["psnr"]["mean"],
-                 "ssim": net["ssim"]["mean"] - results[b]["ssim"]["mean"]} for b in results if b != "unrolled network"}
-    best = max((b for b in gains if b != "zero-filled"), key=lambda b: results[b]["psnr"]["mean"])
-    goal = {"best_baseline": best, "psnr_gain_db": gains[best]["psnr_db"], "target_db": GOAL_DB,
-            "met": gains[best]["psnr_db"] >= GOAL_DB}
+    gains, goal = _gains(results, GOAL_DB)
+    tuned = {label: results[label].get("baseline_params") for _, label in BASELINES}
+    real: dict[str, dict] = {}
+    for name, (a, r) in real_sets.items():
+        sub = out / f"eval_{a}"
+        res = {"unrolled network": evaluate(cfg, r / "test", sub / "network", module=module)}
+        for method, label in BASELINES:
+            res[label] = evaluate(cfg, r / "test", sub / method, method=method, num_figures=0,
+                                  baseline_params=tuned[label], tune=False)
+        g, gl = _gains(res, REAL_GOAL_DB)
+        real[name] = {"anatomy": a, "data": str(r / "test"), "results": res, "gains": g, "goal": gl}
+        if a == "real":
+            real[name]["psnr_per_scan"] = {label: _per_source(sub / m, "real_scan")
+                                           for m, label in (("network", "unrolled network"), *BASELINES)}
     report = out / "REPORT.md"
     print("[5/5] writing", report, flush=True)
+    command = (f"mrirecon demo --kind {kind}" + (f" --volumes {volumes}" if volumes != DEMO_VOLUMES else "")
+               + (f" --anatomy {anatomy}" if anatomy != DEMO_ANATOMY.get(kind, "model") else "")
+               + "".join(f" --synth-off {part}" for part in synth_off) + f" {' '.join(overrides)}".rstrip())
     lines = [
         f"# mrirecon demo: {kind}",
         "",
@@ -122,13 +218,13 @@ def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, gen
         f"({platform.processor() or platform.machine()}), total {time.perf_counter() - t0:.0f} s "
         f"(training {result.train_seconds:.0f} s).",
         "",
-        f"Command: `python -m mrirecon.demo --kind {kind}"
-        + (f" --volumes {volumes}" if volumes != DEMO_VOLUMES else "") + f" {' '.join(overrides)}".rstrip() + "`",
+        f"Command: `{command}`",
         "",
         f"Network: {cfg.model.num_unrolls} unrolls ({cfg.model.dc}), prox {cfg.model.prox}, strategy "
         f"{cfg.train.strategy}" + (f" ({cfg.train.num_modules} modules)" if cfg.train.strategy == "gleam" else "")
         + f", {module.net.num_parameters():,} parameters, {cfg.train.max_epochs} epochs.",
-        f"Data: {root} (test split), mask {cfg.data.mask}.",
+        f"Data: {root} (anatomy {anatomy}" + (f", without {', '.join(synth_off)}" if synth_off else "")
+        + f"; test split), mask {cfg.data.mask}.",
         "",
         "Metrics on the test split (fastMRI definitions; mean ± std over volumes):",
         "",
@@ -136,22 +232,43 @@ def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, gen
         "",
         "Gain of the unrolled network: " + "; ".join(
             f"{g['psnr_db']:+.2f} dB PSNR, {g['ssim']:+.4f} SSIM over {b}" for b, g in gains.items()) + ".",
-        f"Goal (>= {GOAL_DB} dB PSNR over the best classical baseline, {best}): {goal['psnr_gain_db']:+.2f} dB, "
-        + ("met." if goal["met"] else "not met."),
+        f"Goal (>= {GOAL_DB} dB PSNR over the best classical baseline, {goal['best_baseline']}): "
+        f"{goal['psnr_gain_db']:+.2f} dB, " + ("met." if goal["met"] else "not met."),
         "Baseline settings (chosen on the validation split): " + "; ".join(
-            f"{b} {results[b].get('baseline_params')}" for b in results if results[b].get("baseline_params")) + ".",
+            f"{b} {p}" for b, p in tuned.items() if p) + ".",
+    ]
+    for name, r in real.items():
+        gl = r["goal"]
+        lines += [
+            "",
+            f"## Real anatomy: {name} (never used in training or tuning)",
+            "",
+            f"Data: {r['data']} ({r['results']['unrolled network']['num_volumes']} volumes, anatomy {r['anatomy']}); "
+            "baselines with the settings above.",
+            "",
+            _table(r["results"]),
+            "",
+            f"Goal (>= {REAL_GOAL_DB} dB PSNR over the best classical baseline, {gl['best_baseline']}): "
+            f"{gl['psnr_gain_db']:+.2f} dB, " + ("met." if gl["met"] else "not met."),
+        ]
+        if "psnr_per_scan" in r:
+            lines.append("PSNR per scan (dB): " + "; ".join(
+                f"{m}: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()) for m, per in r["psnr_per_scan"].items())
+                + ".")
+    lines += [
+        "",
         f"Threads: torch {torch_threads()}; the network's numbers reproduce exactly on the same machine with the "
         "same thread count (the thread count changes the order of floating-point sums in training).",
         "",
-        "Figures: " + ", ".join(net["figures"]),
+        "Figures: " + ", ".join(results["unrolled network"]["figures"]),
         "",
         f"Checkpoint: {ckpt}",
     ]
     out.mkdir(parents=True, exist_ok=True)
     write_text(report, "\n".join(lines) + "\n")
     write_text(out / "summary.json", json.dumps({"results": results, "gains": gains, "goal": goal, "checkpoint": ckpt,
-                                                 "threads": torch_threads()}, indent=1,
-                                                default=str))
+                                                 "anatomy": anatomy, "synth_off": list(synth_off), "real_anatomy": real,
+                                                 "threads": torch_threads()}, indent=1, default=str))
     print("\n".join(lines))
     return report
 
@@ -160,24 +277,3 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", default="knee2d", choices=("knee2d", "brain2d", "knee3d", "cine"))
-    p.add_argument("--out", default="outputs/demo", help="folder for runs, predictions, figures and the report")
-    p.add_argument("--volumes", type=int, default=DEMO_VOLUMES, help="synthetic volumes to generate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_epochs=5")
-    a = p.parse_args(argv)
-    try:
-        run(a.kind, Path(a.out), a.overrides, a.volumes, a.seed, progress=not a.no_progress)
-    except (ConfigError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

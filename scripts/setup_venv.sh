@@ -57,3 +57,9 @@ if [[ ! -x .venv/bin/torchrun ]]; then
     printf '#!/bin/sh\nexec "%s" -m torch.distributed.run "$@"\n' "$venv_python" > .venv/bin/torchrun
     chmod +x .venv/bin/torchrun
 fi
+# The `mrirecon` command (pyproject.toml [project.scripts]) without a pip install (the package is on the path
+# through the .pth above): the launcher pip would write.
+if [[ ! -x .venv/bin/mrirecon ]]; then
+    printf '#!/bin/sh\nexec "%s" -m mrirecon "$@"\n' "$venv_python" > .venv/bin/mrirecon
+    chmod +x .venv/bin/mrirecon
+fi

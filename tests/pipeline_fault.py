@@ -1,7 +1,8 @@
-"""train.py with a fault injected into one pipeline stage (used by tests/test_pipeline.py under torchrun).
+"""train.py with a fault injected into one pipeline stage (used by the pipeline tests under torchrun).
 
-FAULT=hang: the stage stops answering (sleeps) after a few module steps; FAULT=exit: it dies (exit 9).
-FAULT_RANK: which rank fails.
+FAULT=hang: the stage stops answering (sleeps) after a few module steps; FAULT=exit: it dies (exit 9);
+FAULT unset: no fault (the test sends signals itself). FAULT_RANK: which rank fails. With RUN_STATE_DIR,
+each rank writes its pid (rank<r>.pid) when it starts and its exit status (rank<r>.rc) when it ends.
 """
 import os
 import sys
@@ -20,14 +21,21 @@ _calls = 0
 def faulty(*args, **kwargs):
     global _calls
     _calls += 1
-    if _calls > 3 and os.environ.get("RANK") == os.environ["FAULT_RANK"]:
-        if os.environ["FAULT"] == "hang":
+    if _calls > 3 and os.environ.get("RANK") == os.environ.get("FAULT_RANK"):
+        if os.environ.get("FAULT") == "hang":
             time.sleep(600)
-        os._exit(9)
+        if os.environ.get("FAULT") == "exit":
+            os._exit(9)
     return _real(*args, **kwargs)
 
 
 pipeline.train_greedy_module = faulty
 
 if __name__ == "__main__":
-    sys.exit(train.main())
+    state = os.environ.get("RUN_STATE_DIR")
+    if state:
+        Path(state, f"rank{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+    rc = train.main()
+    if state:
+        Path(state, f"rank{os.environ['RANK']}.rc").write_text(str(rc))
+    sys.exit(rc)

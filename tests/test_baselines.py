@@ -123,14 +123,24 @@ def test_cs_spatio_temporal_wavelet_runs_on_cine(cine):
 
 def test_unknown_method_lists_the_valid_ones(slice2d):
     _, maps, mask, kspace = slice2d
-    with pytest.raises(ValueError, match="'admm'.*zero_filled, sense, cs"):
+    with pytest.raises(ValueError, match="'admm'.*zero_filled, sense, cs, sense_per_frame, cs_temporal"):
         reconstruct("admm", kspace, maps, mask, fft_ndim=2)
-    assert METHODS == ("zero_filled", "sense", "cs")
+    assert METHODS == ("zero_filled", "sense", "cs", "sense_per_frame", "cs_temporal")
+
+
+def test_cine_methods_are_refused_for_other_data_kinds():
+    from mrirecon.evaluation.baselines import check_method
+
+    assert check_method("cs_temporal", "cine").kinds == ("cine",)
+    with pytest.raises(ValueError, match="method 'cs_temporal' is for data kind\\(s\\) cine, not 'knee2d'"):
+        check_method("cs_temporal", "knee2d")
+    assert check_method("cs", "knee2d").kinds is None
 
 
 def test_unknown_parameter_names_the_method_and_its_parameters(slice2d):
     _, maps, mask, kspace = slice2d
-    with pytest.raises(ValueError, match=r"'sense' does not take \['lamda'\].*'lam', 'max_iter', 'tol'"):
+    with pytest.raises(ValueError, match=r"method 'sense': unknown option\(s\) \['lamda'\]; "
+                                         r"allowed: \['lam', 'max_iter', 'tol'\]"):
         reconstruct("sense", kspace, maps, mask, fft_ndim=2, lamda=0.1)
 
 

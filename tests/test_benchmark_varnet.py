@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from markdown_tables import row_of
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("benchmark_varnet", ROOT / "benchmarks" / "varnet.py")
 bench = importlib.util.module_from_spec(spec)
@@ -80,11 +82,14 @@ def test_parameter_counts_are_the_built_networks_and_varnet_width_is_the_closest
     assert s["chans"] == 1 or gap <= abs(count(s["chans"] - 1) - expected)
 
 
-def test_markdown_table_has_a_row_per_model_and_the_coil_map_note(run):
+def test_markdown_table_shows_each_rows_measured_numbers(run):
     md = run[0].with_suffix(".md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| model")]
-    assert len(table) == 3
-    assert "estimates its own coil sensitivities" in md and "precomputed maps" in md
+    for r in run[1]["rows"]:
+        cells = row_of(md, r["model"], r["training"])
+        assert int(cells[2].replace(",", "")) == r["params"]
+        assert float(cells[3]) == pytest.approx(r["train_steps_per_s"], abs=5e-4)
+        assert float(cells[5]) == pytest.approx(r["infer_s_per_slice"], abs=5e-5)
+        assert float(cells[6]) == pytest.approx(r["peak_train_mib"], abs=0.05)
 
 
 def test_pools_too_deep_for_the_image_size_fail_naming_the_option(tmp_path):

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark scripts at tiny sizes: outputs, schema and the ratios they compute."""
+"""The strategies benchmark at tiny sizes: what it records, the ratios it computes and the verdicts it reports."""
 from __future__ import annotations
 
 import json
@@ -6,20 +6,20 @@ import json
 import pytest
 
 from benchmarks import strategies as bench
+from markdown_tables import row_of
 
 TINY = ["--device", "cpu", "--size", "16", "16", "--coils", "2", "--channels", "4", "--repeats", "1",
         "--threads", "1"]
 
 
-def test_strategies_benchmark_writes_json_markdown_and_plot(tmp_path):
+def test_strategies_benchmark_computes_its_ratios_from_the_measured_rows_and_reports_them(tmp_path):
     out = tmp_path / "s.json"
     bench.main(["--json", str(out), "--unrolls", "4", *TINY])
     result = json.loads(out.read_text())
-    assert out.with_suffix(".md").read_text().startswith("# Training strategies")
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temporary files left behind
 
-    meta = result["meta"]
+    meta = result["meta"]  # what the report needs to be reproduced
     assert meta["sizes"] == {"dims": 2, "size": [16, 16], "coils": 2, "channels": 4, "batch": 1,
                              "unrolls": [4], "repeats": 1, "seed": 0}
     assert meta["command"].startswith("python benchmarks/strategies.py --json")
@@ -48,6 +48,16 @@ def test_strategies_benchmark_writes_json_markdown_and_plot(tmp_path):
     assert all(isinstance(q["pass"], bool) for q in ratios.values() if not q["ratio"].startswith("memory invertible"))
     assert result["summary"] == {"passed": result["summary"]["passed"], "failed": 7 - result["summary"]["passed"],
                                  "not_measured": 1}
+
+    # The report shows the measured numbers and the verdicts computed above.
+    md = out.with_suffix(".md").read_text()
+    for r in rows:
+        cells = row_of(md, r["label"], "4")
+        assert float(cells[4]) == pytest.approx(r["peak_memory_mib"], abs=0.005)
+        assert float(cells[9]) == pytest.approx(r["step_time_s"], abs=0.0005)
+    for q in (mem, ckpt):
+        cells = row_of(md, q["ratio"], "4")
+        assert float(cells[2]) == pytest.approx(q["value"], rel=1e-2) and cells[4] == ("pass" if q["pass"] else "FAIL")
 
 
 def test_without_an_invertible_prox_the_invertible_ratios_are_not_measured(tmp_path):

@@ -8,11 +8,11 @@ import pytest
 import scipy.io
 import torch
 
-from mrirecon.data import cmrxrecon as cx
+from mrirecon.data.readers import cmrxrecon as cx
 from mrirecon.synthetic.cmrxrecon import generate_cmrxrecon
 from mrirecon.data.datasets import ReconDataset
 from mrirecon.data.errors import DataError
-from mrirecon.data.subsample import build_mask_func
+from mrirecon.data.masks import build_mask_func
 from mrirecon.synthetic.generator import make_volume
 from mrirecon.data.transforms import ReconTransform
 
@@ -33,7 +33,7 @@ def _base(cmx, split="train"):
 
 
 def _dataset(root, mask=None, maps="online"):
-    mask = mask or {"type": "cmrxrecon", "accelerations": [8]}
+    mask = mask or {"name": "cmrxrecon", "accelerations": [8]}
     return ReconDataset(root, "cine", transform=ReconTransform(build_mask_func(mask), True, maps=maps))
 
 
@@ -56,7 +56,7 @@ def test_generator_writes_the_challenge_folders_keys_and_dims(cmx):
 
 def test_reader_returns_the_synthetic_kspace_of_each_slice_exactly(cmx):
     ds = _dataset(cmx / "train")
-    assert type(ds).__name__ == "CmrxReconDataset"
+    assert type(ds.reader).__name__ == "CmrxReconReader"  # the cine kind's reader chose the CMRxRecon layout
     assert [(ds.files[i].fname, s) for i, s in ds.items] == [("P001_cine_sax_acc08.h5", 0),
                                                              ("P001_cine_sax_acc08.h5", 1)]
     data, _ = make_volume("cine", 0, 0, **TINY)  # patient P001 is volume 0
@@ -90,7 +90,7 @@ def test_undersampled_only_folder_reads_the_acquired_kspace_without_reference(cm
     base = tmp_path.joinpath("MultiCoil", "Cine", "ValidationSet")
     (base / "AccFactor04").mkdir(parents=True)
     os.symlink(_base(cmx) / "AccFactor04" / "P001", base / "AccFactor04" / "P001")
-    ds = _dataset(tmp_path, {"type": "cmrxrecon", "accelerations": [4]})
+    ds = _dataset(tmp_path, {"name": "cmrxrecon", "accelerations": [4]})
     raw = ds.read(0)
     with h5py.File(base / "AccFactor04" / "P001" / "cine_sax.mat", "r") as f:
         sub = f["kspace_sub04"][:, 0]
@@ -99,7 +99,7 @@ def test_undersampled_only_folder_reads_the_acquired_kspace_without_reference(cm
 
 
 def test_cmrxrecon_mask_is_equispaced_with_a_central_band_in_every_frame():
-    func = build_mask_func({"type": "cmrxrecon", "accelerations": [4], "center_lines": 6})
+    func = build_mask_func({"name": "cmrxrecon", "accelerations": [4], "center_lines": 6})
     m = func((3, 7, 16, 32), seed=0)
     assert m.mask.shape == (1, 1, 1, 32)
     expected = [k for k in range(32) if (k - 16) % 4 == 0 or 13 <= k < 19]
@@ -108,7 +108,7 @@ def test_cmrxrecon_mask_is_equispaced_with_a_central_band_in_every_frame():
 
 
 def test_cmrxrecon_mask_default_band_is_the_challenge_24_lines():
-    m = build_mask_func({"type": "cmrxrecon", "accelerations": [10]})((2, 4, 8, 246), seed=0)
+    m = build_mask_func({"name": "cmrxrecon", "accelerations": [10]})((2, 4, 8, 246), seed=0)
     lines = m.mask.flatten().bool()
     assert bool(lines[123 - 12:123 + 12].all()) and m.calib_size == (24,)
 
@@ -179,20 +179,14 @@ def test_cmrxrecon_config_runs_a_gleam_epoch_to_a_finite_val_psnr(cmx, tmp_path)
     assert result.best_score is not None and np.isfinite(result.best_score)
 
 
-@pytest.mark.filterwarnings("ignore:'mrirecon.data.cmrxrecon' found in sys.modules:RuntimeWarning")  # what -m does
-def test_command_lines_write_the_layout_and_split_it(tmp_path, monkeypatch):
-    import runpy
-    import sys
+def test_command_lines_write_the_layout_and_split_it(tmp_path):
+    from mrirecon.cli import main
 
-    from mrirecon.synthetic import generator as synthetic
-
-    synthetic.main(["--kind", "cine", "--layout", "cmrxrecon", "--out", str(tmp_path / "gen"), "--volumes", "3",
-                    "--coils", "2", "--slices", "1", "--frames", "2", "--size", "16", "16", "--no-progress"])
+    assert main(["synth", "--kind", "cine", "--layout", "cmrxrecon", "--out", str(tmp_path / "gen"), "--volumes", "3",
+                 "--coils", "2", "--slices", "1", "--frames", "2", "--size", "16", "16", "--no-progress"]) == 0
     assert (tmp_path / "gen" / "val" / "MultiCoil" / "Cine" / "TrainingSet" / "AccFactor10" / "P002" /
             "cine_sax_mask.mat").is_file()
     base = _base(tmp_path / "gen", "train")
-    # As `python -m mrirecon.data.cmrxrecon split ...`: the module runs as __main__ beside its imported copy.
-    monkeypatch.setattr(sys, "argv", ["cmrxrecon", "split", "--training-set", str(base), "--out",
-                                      str(tmp_path / "split"), "--val", "0", "--test", "0"])
-    runpy.run_module("mrirecon.data.cmrxrecon", run_name="__main__")
+    assert main(["cmrxrecon", "split", "--training-set", str(base), "--out", str(tmp_path / "split"),
+                 "--val", "0", "--test", "0"]) == 0
     assert (tmp_path / "split" / "train" / "FullSample" / "P001").resolve() == (base / "FullSample" / "P001").resolve()

@@ -176,7 +176,7 @@ def test_invertible_trains_resnet_framewise_with_lipschitz_below_one():
     torch.manual_seed(0)
     net = UnrolledNet(2, {"name": "resnet_framewise", "channels": 4, "num_blocks": 1, "lipschitz": 0.9}, conv_dims=3,
                       fft_ndim=2, step_size_max=1.0)
-    s = build_strategy("invertible", net, prox_tol=1e-7, cg_tol=1e-8)
+    s = build_strategy("invertible", net, prox_tol=1e-7, inverse_cg_tol=1e-8)
     out = s.step(net, kspace, maps, mask, target, l1_loss, default_optimizers(s, net, lr=0.0))
     grads_inv = [p.grad.clone() for p in net.parameters()]
     assert out["inversion_error"] < 1e-4

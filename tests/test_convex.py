@@ -43,7 +43,7 @@ def test_gates_drop_duplicate_and_all_zero_patterns():
 
 def test_gated_solver_reaches_optimality_and_matches_the_group_soft_threshold_fixed_point():
     problem, _, _ = denoising_problem()
-    r = solve_gated(problem, tol=1e-7)
+    r = solve_gated(problem, tol=1e-7, gap_tol=0.0)
     assert r.converged and r.optimality <= 1e-7
     _, grad = problem.loss_and_grad(r.weights["U"])
     # an optimum is a fixed point of the proximal gradient map for any step
@@ -124,3 +124,16 @@ def test_gram_form_of_the_gated_loss_equals_the_direct_one():
     gram = problem.loss_and_grad(U)
     assert float(gram[0]) == pytest.approx(float(direct[0]), rel=1e-12)
     assert torch.allclose(gram[1], direct[1], rtol=1e-10, atol=1e-12)
+
+
+def test_gated_network_predicts_like_the_gated_model_and_drops_switched_off_patterns():
+    from mrirecon.models.convex.network import gated_to_network
+
+    problem, noisy, _ = denoising_problem(group_by="pattern", lam=0.05)
+    U = solve_gated(problem, tol=1e-7).weights["U"]
+    off = int((problem.group_norms(U) == 0).sum())
+    assert off > 0
+    net = gated_to_network(U, problem.gates, 3, dtype=torch.float64)
+    assert net.hidden == problem.shape[0] - off
+    assert torch.allclose(net(noisy), predict_images(U, problem.gates, noisy, 3), atol=1e-12)
+    assert [name for name, _ in net.named_parameters()] == ["filters.weight"]   # the gates are not trained

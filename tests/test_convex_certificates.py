@@ -50,7 +50,11 @@ def test_gated_optimum_matches_cvxpy(group_by):
     problem, _, _ = denoising_problem(group_by)
     ours = solve_gated(problem, tol=1e-7)
     assert ours.converged
-    assert ours.objective == pytest.approx(cvxpy_optimum(problem, relu=False), rel=1e-4)
+    optimum = cvxpy_optimum(problem, relu=False)
+    assert ours.objective == pytest.approx(optimum, rel=1e-4)
+    # the reported duality gap is a true certificate: its lower bound lies below the independent optimum
+    assert ours.lower_bound <= optimum * (1 + 1e-7) and ours.gap == pytest.approx(
+        (ours.objective - ours.lower_bound) / ours.objective)
 
 
 @needs_cvxpy
@@ -59,7 +63,9 @@ def test_relu_optimum_matches_cvxpy_and_is_feasible(group_by):
     problem, _, _ = denoising_problem(group_by)
     ours = solve_relu(problem, tol=1e-6, tol_violation=1e-7)
     assert ours.converged and ours.violation <= 1e-7
-    assert ours.objective == pytest.approx(cvxpy_optimum(problem, relu=True), rel=1e-4)
+    optimum = cvxpy_optimum(problem, relu=True)
+    assert ours.objective == pytest.approx(optimum, rel=1e-4)
+    assert ours.lower_bound <= optimum * (1 + 1e-7)     # the multipliers' dual bound is valid
 
 
 def complete_arrangement(n_side: int = 3):

@@ -11,15 +11,15 @@ import torch
 from mrirecon.data.coil_maps import EspiritSettings, MapCache, cache_maps
 from mrirecon.data.datasets import ReconDataset
 from mrirecon.data.errors import DataError
-from mrirecon.data.subsample import build_mask_func
-from mrirecon.data.transforms import ReconTransform, acs_width
+from mrirecon.data.masks import acs_width, build_mask_func
+from mrirecon.data.transforms import ReconTransform
 from mrirecon.physics import SenseOp
 
 MASKS = {
-    "knee2d": {"type": "random", "center_fractions": [0.125], "accelerations": [4]},
-    "brain2d": {"type": "equispaced", "center_fractions": [0.25], "accelerations": [4]},
-    "knee3d": {"type": "poisson", "accelerations": [4], "calib_size": [12, 12]},
-    "cine": {"type": "kyt", "center_fractions": [0.125], "accelerations": [4]},
+    "knee2d": {"name": "random", "center_fractions": [0.125], "accelerations": [4]},
+    "brain2d": {"name": "equispaced", "center_fractions": [0.25], "accelerations": [4]},
+    "knee3d": {"name": "poisson", "accelerations": [4], "calib_size": [12, 12]},
+    "cine": {"name": "kyt", "center_fractions": [0.125], "accelerations": [4]},
 }
 
 
@@ -111,7 +111,7 @@ def test_cine_masks_differ_across_frames(synthetic):
 def test_online_maps_close_to_cached(synthetic):
     root = synthetic("knee2d")
     cached = dataset(root, "knee2d", target="sense")[0]
-    wide_acs = {"type": "random", "center_fractions": [0.5], "accelerations": [2]}  # 16 calibration lines
+    wide_acs = {"name": "random", "center_fractions": [0.5], "accelerations": [2]}  # 16 calibration lines
     online = dataset(root, "knee2d", maps="online", mask=wide_acs, target="sense")[0]
     # maps are defined up to a global phase per pixel; compare the SENSE images' magnitudes
     a, b = cached.target.abs() * cached.scale, online.target.abs() * online.scale
@@ -195,7 +195,7 @@ def test_missing_maps_explains_how_to_compute(synthetic, tmp_path):
     for p in d.glob("*.h5"):
         with h5py.File(p, "r+") as f:
             del f["espirit_maps"]
-    with pytest.raises(DataError, match="mrirecon.data.coil_maps"):
+    with pytest.raises(DataError, match="run `mrirecon maps --data DIR`"):
         ReconDataset(d, "knee2d", require_maps=True)
 
 
@@ -224,7 +224,7 @@ def test_cache_maps_writes_only_the_cache_atomically_and_skips_done_files(synthe
         assert f["espirit_maps"].shape == (2, 1, 4, 64, 32) and f["espirit_maps"].attrs["calib_width"] == 12
 
 
-def test_cache_key_follows_file_identity_and_espirit_settings(synthetic, tmp_path):
+def test_cache_key_follows_file_content_and_espirit_settings(synthetic, tmp_path):
     d = _copy_split(synthetic, "knee2d", tmp_path)
     path = sorted(d.glob("*.h5"))[0]
     a = MapCache(tmp_path, EspiritSettings(calib_width=12))
@@ -233,8 +233,8 @@ def test_cache_key_follows_file_identity_and_espirit_settings(synthetic, tmp_pat
     assert MapCache(tmp_path, EspiritSettings(calib_width=16)).key(path, "knee2d") != key
     assert MapCache(tmp_path, EspiritSettings(calib_width=12, num_maps=2)).key(path, "knee2d") != key
     st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # the file changed: its maps are stale
-    assert a.key(path, "knee2d") != key
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched, same content: same maps
+    assert a.key(path, "knee2d") == key  # a replaced file's content: tests/test_coil_maps.py
 
 
 def test_missing_maps_are_built_in_the_cache_and_equal_embedded_maps(synthetic, tmp_path):
@@ -293,7 +293,7 @@ def test_read_only_data_folder_trains_and_evaluates_and_stays_byte_identical(syn
         cfg = load_config("configs/knee2d.yaml", [
             f"data.root={root}", f"data.maps_cache={tmp_path / 'cache'}", "data.espirit={calib_width: 12}",
             f"output_dir={tmp_path / 'runs'}", "train.max_epochs=1", "model.num_unrolls=2", "model.prox.channels=8",
-            "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}"])
+            "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}"])
         run = train(cfg, enable_progress_bar=False)
         assert run.last_checkpoint and np.isfinite(run.best_score)
         result = evaluate(cfg, root / "test", tmp_path / "out", method="zero_filled", num_figures=0, progress=False)
@@ -309,7 +309,7 @@ def test_online_maps_adapt_to_fastmri_brain_4_percent_calibration(tmp_path):
     from mrirecon.synthetic.generator import generate
 
     generate("brain2d", tmp_path, volumes=1, seed=1, coils=4, slices=1, size=(24, 128))
-    brain4 = {"type": "random", "center_fractions": [0.04], "accelerations": [4]}
+    brain4 = {"name": "random", "center_fractions": [0.04], "accelerations": [4]}
     full = dataset(tmp_path, "brain2d", mask=brain4, target="sense", require_maps=True,
                    maps_cache=MapCache(tmp_path / "cache"))[0]
     online = dataset(tmp_path, "brain2d", maps="online", mask=brain4, target="sense")[0]
@@ -372,6 +372,5 @@ def test_stored_mask_without_center_lines_is_reported(synthetic, tmp_path):
         mask[::4] = 1  # equispaced lines but no centre line (index W // 2 = 16)
         mask[16] = 0
         f["mask"] = mask
-    ds = dataset(d.parent, "knee2d", split="split")
-    with pytest.raises(DataError, match=rf"{bad.name}.*does not sample the k-space centre"):
-        ds[0]
+    with pytest.raises(DataError, match=rf"{bad.name} \[mask\]: mask does not sample the k-space centre \(column 16"):
+        dataset(d.parent, "knee2d", split="split")  # when the dataset is built, before any item is read

@@ -54,3 +54,24 @@ def test_demo_rewrites_only_synthetic_data_of_an_older_generator(synthetic, tmp_
     assert _outdated_synthetic(tmp_path / "v1")
     _copy_with_attrs(root, tmp_path / "user", generator_version=None, patient_id="scanner-0042")
     assert not _outdated_synthetic(tmp_path / "user")  # not ours: never rewritten
+
+
+def test_brain_demo_trains_on_synthesised_brains_and_each_ablation_has_its_own_data(tmp_path):
+    from mrirecon.demo import DEMO_ANATOMY, data_root
+
+    assert DEMO_ANATOMY == {"brain2d": "synth"}
+    assert demo_config("brain2d", tmp_path, [], "synth").data.root == "data/synthetic/brain2d_synth"
+    no_deform = demo_config("brain2d", tmp_path, [], "synth", ("deformation",))
+    assert no_deform.data.root == "data/synthetic/brain2d_synth_nodeformation"
+    assert demo_config("knee2d", tmp_path, []).data.root == data_root("knee2d", None) == "data/synthetic/knee2d"
+    assert demo_config("brain2d", tmp_path, ["data.root=/elsewhere"], "synth").data.root == "/elsewhere"
+
+
+def test_demo_rewrites_synthetic_data_of_another_anatomy_or_ablation(synthetic, tmp_path):
+    from mrirecon.demo import _outdated_synthetic
+
+    root = synthetic("brain2d")  # the built-in model phantoms
+    assert not _outdated_synthetic(root, "model") and _outdated_synthetic(root, "synth")
+    _copy_with_attrs(root, tmp_path / "nocontrast", anatomy="synth", synth_off="contrast")
+    assert not _outdated_synthetic(tmp_path / "nocontrast", "synth", ("contrast",))
+    assert _outdated_synthetic(tmp_path / "nocontrast", "synth")

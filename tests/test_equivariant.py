@@ -95,7 +95,7 @@ def test_parameter_count_does_not_depend_on_the_number_of_scales():
     (dict(scale_window=3), "scale_window must be an integer in \\[1, 2\\]"),
     (dict(basis="gabor"), "basis must be one of"),
     (dict(projection="median"), "projection must be one of"),
-    (dict(num_layers=1), "num_layers must be an integer >= 2"),
+    (dict(num_blocks=1), "num_blocks must be an integer >= 2"),
     (dict(sigma=0.5), "sigma is the hermite basis's Gaussian width"),
 ])
 def test_bad_scale_settings_are_refused_at_construction_by_name(kwargs, message):

@@ -16,7 +16,7 @@ fastmri_eval = pytest.importorskip("fastmri.evaluate")
 
 def _cfg(root, *overrides):
     return load_config(None, [f"data.root={root}", "data.kind=knee2d", "data.espirit={calib_width: 12}",
-                              "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}", *overrides])
+                              "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}", *overrides])
 
 
 def _fastmri_scores(data_dir, pred_dir):
@@ -41,7 +41,7 @@ def test_metrics_json_equals_fastmris_evaluator_on_our_prediction_files(syntheti
 def test_zero_filled_prediction_is_fastmris_zero_filled_rss(synthetic, tmp_path):
     """Under the rss reference the zero-filled prediction is the RSS of the zero-filled coil images."""
     from fastmri import ifft2c, rss_complex
-    from mrirecon.data.subsample import build_mask_func, seed_from_name
+    from mrirecon.data.masks import build_mask_func, seed_from_name
     from mrirecon.data.transforms import crop_readout
 
     root = synthetic("knee2d")
@@ -51,7 +51,7 @@ def test_zero_filled_prediction_is_fastmris_zero_filled_rss(synthetic, tmp_path)
         k = f["kspace"][()]
     with h5py.File(tmp_path / "zf" / path.name) as f:
         pred = f["reconstruction"][()]
-    mask = build_mask_func({"type": "random", "center_fractions": [0.125], "accelerations": [4]})(
+    mask = build_mask_func({"name": "random", "center_fractions": [0.125], "accelerations": [4]})(
         (4, 32, 32), seed=seed_from_name(path.name)).mask
     for s in range(k.shape[0]):
         full, _ = crop_readout(k[s], 32)
@@ -79,7 +79,7 @@ def test_undersampled_test_files_are_fastmri_test_layout_and_reconstructed_with_
     from mrirecon.data.datasets import ReconDataset
     from mrirecon.synthetic.generator import generate
     from mrirecon.data.transforms import ReconTransform
-    from mrirecon.data.subsample import build_mask_func
+    from mrirecon.data.masks import build_mask_func
 
     root = tmp_path / "data"
     generate("knee2d", root, volumes=3, seed=0, coils=4, slices=2, size=(32, 32), undersampled_test=4)
@@ -92,7 +92,7 @@ def test_undersampled_test_files_are_fastmri_test_layout_and_reconstructed_with_
     kspace, mask, target, attrs, fname, _ = SliceDataset(root / "test", challenge="multicoil")[0]
     assert target is None and np.array_equal(np.asarray(mask, np.float32), file_mask)
     # A configured 8x mask is ignored: the file's own acquired mask is used.
-    eight = build_mask_func({"type": "random", "center_fractions": [0.04], "accelerations": [8]})
+    eight = build_mask_func({"name": "random", "center_fractions": [0.04], "accelerations": [8]})
     ds = ReconDataset(root / "test", "knee2d", ReconTransform(eight, deterministic=True), require_maps=True,
                       maps_cache=MapCache(tmp_path / "cache", EspiritSettings(calib_width=12)), progress=False)
     sample = ds[0]

@@ -7,11 +7,12 @@ import sigpy.mri
 import torch
 
 from mrirecon.config import ConfigError, load_config
-from mrirecon.data import mask_bank, subsample
+from mrirecon.data import masks
 from mrirecon.data.errors import DataError
-from mrirecon.data.mask_bank import BankSettings, bank_path, load_bank
-from mrirecon.data.subsample import PoissonMask2D, _poisson_mask
-from mrirecon.data.transforms import RawSlice, ReconTransform
+from mrirecon.data.masks import poisson as mask_bank
+from mrirecon.data.masks.poisson import BankSettings, PoissonMask2D, _poisson_mask, bank_path, load_bank
+from mrirecon.data.readers.base import RawSlice
+from mrirecon.data.transforms import ReconTransform
 
 SHAPE = (2, 16, 12)  # (C, Ky, Kz)
 
@@ -85,7 +86,7 @@ def test_bank_file_is_reused_without_recomputing(tmp_path, monkeypatch):
     def no_kernel(*args):
         raise AssertionError("the bank was computed again")
 
-    monkeypatch.setattr(subsample, "_poisson_mask", no_kernel)
+    monkeypatch.setattr(mask_bank, "_poisson_mask", no_kernel)
     assert torch.equal(mf(SHAPE, seed=3, training=True).mask, first)
 
 
@@ -173,10 +174,10 @@ def test_recon_transform_draws_training_masks_from_the_bank_only_when_training(t
     mf = poisson(tmp_path)
     raw = RawSlice(np.ones(SHAPE, np.complex64), np.ones((1, *SHAPE), np.complex64), None, "f.h5", 2, None, 2)
     train = ReconTransform(mf, deterministic=False, seed=0)(raw, epoch=1)
-    seed = subsample.seed_from_name("f.h5", 2, 1, 0)
+    seed = masks.seed_from_name("f.h5", 2, 1, 0)
     assert torch.equal(train.mask, exact(mf, entry_of(seed, 8)))
     val = ReconTransform(mf, deterministic=True)(raw)
-    assert torch.equal(val.mask, exact(mf, subsample.seed_from_name("f.h5")))
+    assert torch.equal(val.mask, exact(mf, masks.seed_from_name("f.h5")))
 
 
 def test_bank_file_name_depends_on_every_mask_setting(tmp_path):
@@ -203,7 +204,7 @@ def test_bad_bank_size_is_refused_by_the_mask_function(bank):
         PoissonMask2D([4], (4, 4), bank=bank)
 
 
-POISSON = "data.mask={type: poisson, accelerations: [4], calib_size: [4, 4]}"
+POISSON = "data.mask={name: poisson, accelerations: [4], calib_size: [4, 4]}"
 
 
 @pytest.mark.parametrize("override,key", [
@@ -225,6 +226,6 @@ def test_config_refuses_a_bank_for_other_mask_types(key, value):
 
 def test_config_passes_bank_settings_to_the_mask_function(tmp_path):
     cfg = load_config(None, ["data.kind=knee3d", POISSON, "data.mask.bank=16", f"data.mask.bank_cache={tmp_path}"])
-    mf = subsample.build_mask_func(cfg.data.mask)
+    mf = masks.build_mask_func(cfg.data.mask)
     assert (mf.bank, mf.bank_cache) == (16, str(tmp_path))
     assert PoissonMask2D([4]).bank == 256  # the default

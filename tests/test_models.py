@@ -9,7 +9,7 @@ import torch
 
 from mrirecon.models import UnrolledNet, build_prox, register_prox, registered_prox
 from mrirecon.models import registry
-from mrirecon.models.prox import ResNetProx, SpectralNormConv, UNetProx
+from mrirecon.models.prox import ResNetProx, NormBoundedConv, UNetProx
 from mrirecon.models.prox.conv_norm import certified_conv_norm, certified_conv_norms
 from mrirecon.models.unrolled import (gradient_step, gradient_step_inverse, modl_data_consistency,
                                       modl_data_consistency_inverse)
@@ -19,7 +19,7 @@ from problems import LAYOUTS, sense_problem
 
 RESNET = {"name": "resnet", "channels": 8, "num_blocks": 2}
 LIPSCHITZ_RESNET = {**RESNET, "lipschitz": 0.9}
-UNET = {"name": "unet", "base_channels": 8, "depth": 2}
+UNET = {"name": "unet", "channels": 8, "num_blocks": 2}
 
 def make_batch(layout: str, coils: int = 4, maps: int = 1, batch: int = 1, seed: int = 0):
     return sense_problem(layout, coils, maps, batch, seed)
@@ -46,8 +46,12 @@ def test_output_is_complex_image_of_input_shape(layout, prox, dc):
 
 def test_soft_sense_maps_give_one_image_per_map():
     y, maps, mask, x = make_batch("2d", maps=2, batch=2)
-    out = make_net("2d", num_maps=2)(y, maps, mask)
-    assert out.shape == (2, 2, 16, 16)
+    net = make_net("2d", num_maps=2)
+    with torch.no_grad():
+        start, out = net(y, maps, mask, num_unrolls=0), net(y, maps, mask)
+    # The chain starts from the adjoint, which gives each map set its own image, and keeps them apart.
+    assert torch.equal(start, SenseOp(maps, mask, 2).H(y)) and start.shape == x.shape == (2, 2, 16, 16)
+    assert out.shape == x.shape and not torch.allclose(out[:, 0], out[:, 1])
 
 
 def test_maps_count_must_match_network():
@@ -95,8 +99,8 @@ def test_unknown_prox_option_is_named():
 def test_bad_prox_values_are_named():
     with pytest.raises(ValueError, match="num_blocks"):
         build_prox({"name": "resnet", "num_blocks": -1}, 2, 2)
-    with pytest.raises(ValueError, match="depth"):
-        build_prox({"name": "unet", "depth": 0}, 2, 2)
+    with pytest.raises(ValueError, match="num_blocks"):
+        build_prox({"name": "unet", "num_blocks": 0}, 2, 2)
     with pytest.raises(ValueError, match="conv_dims must be 2 or 3"):
         build_prox(RESNET, 2, 1)
 
@@ -263,7 +267,7 @@ def test_certificate_gradient_is_that_of_the_bound():
 
 
 def test_sigma_is_the_certified_bound_with_its_gradient():
-    conv = SpectralNormConv(3, 4, conv_dims=2, kernel_size=3, bound=100.0)
+    conv = NormBoundedConv(3, 4, conv_dims=2, kernel_size=3, bound=100.0)
     cert = certified_conv_norm(conv.weight)
     sigma = conv.sigma()
     (grad,) = torch.autograd.grad(sigma, conv.weight)
@@ -287,7 +291,7 @@ def test_zero_and_pointwise_kernels_have_exact_norms():
 
 
 def test_normalised_conv_has_the_operator_norm_it_certifies():
-    conv = SpectralNormConv(2, 3, conv_dims=2, kernel_size=3, bound=0.5)
+    conv = NormBoundedConv(2, 3, conv_dims=2, kernel_size=3, bound=0.5)
     with torch.no_grad():
         conv.weight.mul_(10)  # far above the bound: the normalisation is active
         conv(torch.zeros(1, 2, 6, 6))  # operator_norm defaults to the last input's size
@@ -321,17 +325,6 @@ def test_certificate_first_computed_in_inference_mode_serves_training():
     trained.sum().backward()
     assert torch.equal(trained.detach(), validated)
     assert all(p.grad is not None for p in prox.parameters())
-
-
-def test_checkpoint_of_the_power_iteration_version_still_loads():
-    prox = ResNetProx(2, 2, channels=4, num_blocks=1, lipschitz=0.9)
-    state = prox.state_dict()
-    for name, module in prox.named_modules():
-        if isinstance(module, SpectralNormConv):  # the old input-sized power vector
-            state[f"{name}.u"] = torch.randn(1, module.weight.shape[1], 16, 16)
-    clone = ResNetProx(2, 2, channels=4, num_blocks=1, lipschitz=0.9)
-    clone.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(clone.parameters(), prox.parameters()))
 
 
 @pytest.mark.parametrize("spatial", [(16, 16), (48, 40)])
@@ -379,7 +372,7 @@ def test_spectral_normalisation_is_fixed_within_a_training_step():
 
 
 def _certificates_current(module: torch.nn.Module) -> list[bool]:
-    return [m._certificate_is_current() for m in module.modules() if isinstance(m, SpectralNormConv)]
+    return [m._certificate_is_current() for m in module.modules() if isinstance(m, NormBoundedConv)]
 
 
 def test_certificates_are_refreshed_only_in_the_network_or_module_that_runs():
@@ -420,7 +413,7 @@ def test_lipschitz_resnet_deep_copy_computes_the_same_function_in_training():
 
 @pytest.mark.parametrize("spatial", [(13, 11), (5, 6, 7)])
 def test_unet_accepts_sizes_not_divisible_by_its_stride(spatial):
-    prox = UNetProx(2, len(spatial), base_channels=4, depth=2)
+    prox = UNetProx(2, len(spatial), channels=4, num_blocks=2)
     x = torch.randn(1, 2, *spatial)
     assert prox(x).shape == x.shape
 

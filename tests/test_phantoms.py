@@ -6,7 +6,8 @@ from scipy import ndimage
 
 from mrirecon.synthetic import phantoms
 from mrirecon.data.layouts import TARGET
-from mrirecon.synthetic.generator import main, make_volume
+from mrirecon.cli.synth import main
+from mrirecon.synthetic.generator import make_volume
 
 
 def test_tissue_intensities_are_jittered_per_volume_within_the_documented_range():

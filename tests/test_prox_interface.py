@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mrirecon.config import ConfigError, load_config
-from mrirecon.models import ProxNet, UnrolledNet, build_prox, register_prox, registry
+from mrirecon.models import ProxNet, UnrolledNet, build_network, build_prox, register_prox, registry
 from mrirecon.training import build_strategy, default_optimizers
 from problems import l1_magnitude, sense_problem
 
@@ -17,6 +17,7 @@ def plugin_registry(monkeypatch):
     """A private copy of the registry, so the kinds registered here vanish after each test."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_NAMES", dict(registry._NAMES))
+    monkeypatch.setattr(registry, "_RENAMED", dict(registry._RENAMED))
 
 
 def register_pointwise(prepare_log: list | None = None, invertible: bool = True) -> type:
@@ -104,7 +105,8 @@ def test_an_unsupported_image_layout_is_a_config_error_naming_the_prox(plugin_re
     assert load_config(None, ["data.kind=knee2d", "model.prox={name: pointwise}"]).model.prox["name"] == "pointwise"
 
 
-def test_a_setting_the_constructor_refuses_is_a_config_error(plugin_registry):
+def test_a_setting_the_constructor_refuses_is_a_config_error_when_the_network_is_built(plugin_registry):
     register_pointwise()
-    with pytest.raises(ConfigError, match=r"model.prox: pointwise prox: gain must be in \(0, 1\), got 2"):
-        load_config(None, ["model.prox={name: pointwise, gain: 2}"])
+    cfg = load_config(None, ["model.prox={name: pointwise, gain: 2}"])  # values are the constructor's to check
+    with pytest.raises(ConfigError, match=r"^model: pointwise prox: gain must be in \(0, 1\), got 2"):
+        build_network(cfg)

@@ -20,7 +20,7 @@ import yaml
 
 import evaluate as evaluate_cli
 import train as train_cli
-from mrirecon.atomic import FolderBusyError, folder_lock, write_text
+from mrirecon.atomic import FolderBusyError, path_lock, write_text
 from mrirecon.config import ConfigError, load_config
 from mrirecon.data.datasets import ReconDataset
 from mrirecon.synthetic.generator import generate
@@ -33,7 +33,7 @@ from mrirecon.training.guards import FiniteGuard, NonFiniteError, check_finite
 from mrirecon.training.module import load_module
 from mrirecon.training.run import train
 
-MASK = "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}"
+MASK = "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}"
 TINY = ["model.num_unrolls=2", "model.prox.channels=8", "data.batch_size=2", "train.log_every_n_steps=1", MASK]
 GLEAM = ["train.strategy=gleam", "train.num_modules=2"]
 
@@ -379,13 +379,13 @@ def test_value_scan_can_be_skipped(synthetic, tmp_path):
 # ------------------------------------------------------------------------------------- output folders
 def test_concurrent_evaluations_into_one_folder_are_refused(synthetic, trained, tmp_path, capsys):
     out = tmp_path / "out"
-    with folder_lock(out):  # another evaluation holds the folder
-        with pytest.raises(FolderBusyError, match=f"{out}: another process"):
+    with path_lock(out):  # another evaluation holds the folder
+        with pytest.raises(FolderBusyError, match=rf"{out}: another process \(pid {os.getpid()} on "):
             evaluate(load_config(None, [MASK]), synthetic("knee2d"), out, method="zero_filled", num_figures=0)
         assert evaluate_cli.main(["--checkpoint", trained.last_checkpoint, "--data", str(synthetic("knee2d")),
                                   "--out", str(out)]) == 2
     assert "another process" in capsys.readouterr().err
-    assert not list(out.glob("*.h5"))
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_rerun_replaces_stale_outputs_and_predictions_record_their_origin(synthetic, trained, tmp_path):
@@ -411,7 +411,7 @@ def test_rerun_replaces_stale_outputs_and_predictions_record_their_origin(synthe
 def test_evaluation_refuses_to_write_into_its_data_folder(synthetic, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synthetic("knee2d") / "test", data)
-    with pytest.raises(ConfigError, match="is the data folder"):
+    with pytest.raises(ConfigError, match=f"--out: {data} is the data folder {data}"):
         evaluate(load_config(None, [MASK]), data, data, method="zero_filled", num_figures=0)
 
 

@@ -55,7 +55,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_unknown_strategy_name_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown strategy 'greedy'.*'checkpoint', 'e2e', 'gleam', 'invertible'"):
+    with pytest.raises(ValueError, match="unknown strategy 'greedy'.*'checkpoint', 'e2e', 'gleam', 'gleam_pipeline', 'invertible'"):
         build_strategy("greedy", make_net())
 
 
@@ -74,7 +74,7 @@ def test_gleam_rejects_shared_weights():
         build_strategy("gleam", make_net(num_unrolls=2, share_weights=True), num_modules=2)
 
 
-@pytest.mark.parametrize("prox", [RESNET, {"name": "unet", "base_channels": 4, "depth": 1}], ids=["resnet", "unet"])
+@pytest.mark.parametrize("prox", [RESNET, {"name": "unet", "channels": 4, "num_blocks": 1}], ids=["resnet", "unet"])
 def test_invertible_rejects_a_prox_that_cannot_be_inverted(prox):
     with pytest.raises(ValueError, match="invertible prox.*lipschitz"):
         build_strategy("invertible", make_net(dc="modl", prox=prox))
@@ -223,7 +223,7 @@ def test_every_strategy_trains_the_same_network(name, layout):
     optimizers = default_optimizers(strategy, net, lr=3e-3)
     with torch.no_grad():
         start = float(l1_magnitude(net(*batch[:3]), batch[3]))
-    for _ in range(4):
+    for _ in range(8):  # GLEAM's L1 of the complex error (phase included) falls more slowly than one of magnitudes
         out = strategy.step(net, *batch, l1_magnitude, optimizers)
         assert torch.isfinite(torch.tensor(out["loss"]))
     with torch.no_grad():

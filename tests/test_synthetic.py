@@ -6,8 +6,10 @@ import torch
 
 from mrirecon.synthetic import phantoms
 from mrirecon.data.ismrmrd import parse_header
-from mrirecon.data.layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, LAYOUTS, SPLITS, TARGET
-from mrirecon.synthetic.generator import (DEFAULTS, KNEE_ACQUISITIONS, _coil_maps, _write_h5, centered_fft2, generate, main, make_volume,
+from mrirecon.data.kinds import get_kind
+from mrirecon.data.layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, SPLITS, TARGET
+from mrirecon.cli.synth import main
+from mrirecon.synthetic.generator import (DEFAULTS, KNEE_ACQUISITIONS, _coil_maps, _write_h5, centered_fft2, generate, make_volume,
                                      split_counts)
 from mrirecon.physics import fftc, ifftc
 from tests.conftest import crandn
@@ -45,7 +47,7 @@ def read(path):
 
 
 def rss_of_kspace(kind, kspace, target_hw):
-    coil_axis = LAYOUTS[kind].coil_axis
+    coil_axis = get_kind(kind).layout.coil_axis
     img = ifftc(torch.from_numpy(kspace), 2).numpy()
     rss = np.sqrt((np.abs(img) ** 2).sum(coil_axis))
     H, W = rss.shape[-2:]
@@ -60,7 +62,7 @@ def test_files_have_the_layout_of_their_kind(written, kind):
     assert [p.name for s in SPLITS for p in files[s]] == [f"{kind}_000.h5", f"{kind}_001.h5", f"{kind}_002.h5"]
     # nothing else: no temp files left behind by the atomic writes
     assert sorted(p.name for p in out.rglob("*")) == sorted([*SPLITS, *(p.name for s in SPLITS for p in files[s])])
-    layout = LAYOUTS[kind]
+    layout = get_kind(kind).layout
     kshape, tshape = shapes(kind)
     data, attrs = read(files["train"][0])
     assert set(data) == ({KSPACE, TARGET, HEADER} if layout.needs_header else {KSPACE, TARGET})
@@ -229,7 +231,8 @@ def test_split_counts():
 def test_cli_writes_summary_and_refuses_a_non_empty_folder(tmp_path, capsys):
     args = ["--kind", "knee2d", "--out", str(tmp_path), "--volumes", "3", "--coils", "2", "--slices", "1",
             "--size", "16", "16", "--noise", "0.01"]
-    files = main(args)
+    assert main(args) == 0
+    files = {s: sorted((tmp_path / s).glob("*.h5")) for s in SPLITS}
     assert [len(files[s]) for s in SPLITS] == [1, 1, 1]
     out = capsys.readouterr().out
     assert "train:   1 files" in out and "(1, 2, 32, 16)" in out and "MiB" in out

@@ -14,9 +14,9 @@ from mrirecon.training.run import train
 
 TINY_MODEL = ["model.num_unrolls=2", "model.prox.channels=8", "data.batch_size=2", "train.log_every_n_steps=1"]
 MASKS = {
-    "knee2d": "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}",
-    "knee3d": "data.mask={type: poisson, accelerations: [4], calib_size: [12, 12]}",
-    "cine": "data.mask={type: kyt, center_fractions: [0.125], accelerations: [4]}",
+    "knee2d": "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}",
+    "knee3d": "data.mask={name: poisson, accelerations: [4], calib_size: [12, 12]}",
+    "cine": "data.mask={name: kyt, center_fractions: [0.125], accelerations: [4]}",
 }
 
 

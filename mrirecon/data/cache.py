@@ -1,5 +1,5 @@
 """Cache folders for results the framework computes once and reuses across runs: ESPIRiT coil maps
-(`coil_maps`) and Poisson-disc mask banks (`mask_bank`).
+(`coil_maps`) and Poisson-disc mask banks (`masks/poisson.py`).
 
 Each cache lives in a folder chosen by a setting, else an environment variable, else
 `~/.cache/mrirecon/<name>`. An entry's file name carries a hash of everything that defines its content

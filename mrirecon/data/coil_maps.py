@@ -1,44 +1,56 @@
 """ESPIRiT coil maps, computed once per file and kept in a cache folder: input files are never written.
 
-    python -m mrirecon.data.coil_maps --data DIR [--cache DIR] [--calib-width 20] [--num-maps 1] [--workers 2]
+    mrirecon maps --data DIR [--cache DIR] [--calib-width 20] [--num-maps 1] [--workers 2] [--device cuda]
 
 DIR may be a split folder or a dataset root with train/val/test sub-folders; it may be read-only.
 Maps are computed per slice (per ky-kz slice for knee3d, from the frame-averaged k-space for cine) from
 the central `calib-width` square of the fully sampled k-space, as precomputed-map pipelines (GLEAM,
 meddlr) do; for files that hold undersampled k-space and their `mask` (fastMRI test/challenge files)
-from the acquired calibration lines by the full readout (`calibration_region`).
+from the acquired calibration lines by the full readout (`calibration_region`). The ESPIRiT itself is
+`mrirecon.physics.espirit` (one implementation; it reads only the calibration region, so only that region
+of each file is read here).
 
 The cache (default `~/.cache/mrirecon/maps`, or $MRIRECON_MAPS_CACHE, or `data.maps_cache`) holds one
-HDF5 file per (input file, ESPIRiT settings): its name carries a hash of the file's resolved path, size
-and modification time and of the settings, so an edited or replaced input file, or other settings, get
-new maps, never stale ones. Each cache file is written atomically (temp file in the cache folder, then
-rename): concurrent runs that build the same maps both write complete, identical files and the last
-rename wins; a reader never sees half a file. Datasets build missing maps automatically (progress bar,
-parallel workers). Maps already stored inside a data file (`espirit_maps`, older versions of this tool)
-are still read and take precedence.
+HDF5 file per (file content, ESPIRiT settings): its name carries a SHA-256 of what the maps depend on, the
+calibration region's k-space values of every slice, the k-space shape, the mask of a pre-undersampled file,
+the data kind and the ESPIRiT settings (`MapCache.key`). A file replaced by another (even with the same
+path, size and modification time: `cp -p`, `rsync -a`, `tar x`) gets new maps; a renamed or copied file
+reuses them. Each cache file is written atomically (temp file in the cache folder, then rename):
+concurrent runs that build the same maps both write complete, identical files and the last rename wins; a
+reader never sees half a file. An entry that cannot be read back (a truncated or damaged file, another
+shape) is rebuilt with a warning naming it; a cache folder that cannot be written is a DataError naming it.
+Datasets build missing maps automatically (progress bar; parallel workers of one thread each on a CPU,
+batched over slices on a GPU: `MapCache(device=...)`, CUDA when present). Maps already stored inside a data
+file (`espirit_maps`, older versions of this tool) are still read and take precedence. `batch_maps`: online
+maps of a batch on its device.
 """
 from __future__ import annotations
 
-import argparse
+import hashlib
 import os
-import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, NamedTuple
 
 import h5py
 import numpy as np
+import torch
 
 from ..atomic import atomic_path
-from ..physics.espirit import espirit_maps
+from ..physics.espirit import espirit, espirit_from_calibration, time_average
 from . import layouts as L
 from .cache import cache_folder, content_key
-from .datasets import KINDS, inspect_file, list_h5
 from .errors import DataError
+from .kinds import get_kind
+from .masks import acs_width
+from .readers.hdf5 import inspect_file, list_h5
 
 CACHE_ENV = "MRIRECON_MAPS_CACHE"
-CACHE_VERSION = 1  # bump when the maps computed for the same settings change
+CACHE_VERSION = 2  # bump when the maps computed for the same settings change (2: torch ESPIRiT, content keys)
+# Working memory of one batch of slices (about 6 map-sized arrays at once): bounds a worker's peak.
+BATCH_BYTES = {"cpu": 2 ** 29, "cuda": 2 ** 33}
 
 
 def default_cache_dir() -> Path:
@@ -52,6 +64,7 @@ class EspiritSettings:
     thresh: float = 0.02
     crop: float = 0.95        # eigenvalue threshold: maps are zero where the eigenvalue is <= crop
     num_maps: int = 1         # map sets (soft SENSE, model.num_maps)
+    coarse_grid: int | None = None  # eigenvectors on this many points per dim, interpolated (0: every pixel)
 
     @classmethod
     def from_dict(cls, values: dict | None, num_maps: int | None = None) -> "EspiritSettings":
@@ -62,6 +75,10 @@ class EspiritSettings:
         if num_maps is not None:
             values["num_maps"] = num_maps
         return cls(**values)
+
+    def attrs(self) -> dict:
+        """The settings as HDF5 attributes (which cannot hold None: the default coarse grid is "default")."""
+        return {k: ("default" if v is None else v) for k, v in asdict(self).items()}
 
 
 def detect_kind(path: Path) -> str:
@@ -77,18 +94,17 @@ def detect_kind(path: Path) -> str:
 
 
 def calibration_region(mask: np.ndarray | None, spatial: tuple[int, ...], calib_width: int,
-                       kernel_width: int, readout_extent: int = 32) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                       kernel_width: int, readout_extent: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(calibration extent, kernel size) per spatial dim (the last two) for ESPIRiT.
 
     No mask (fully sampled): the central calib_width square. A 1D line mask (readout fully sampled): the
-    contiguous centre lines by up to `readout_extent` readout points; a 2D mask: the sampled centre square.
+    contiguous centre lines by the full readout (or `readout_extent` points: a calibration matrix with many
+    more rows than its C x kernel columns, which a few lines by a short stretch of readout is not; the
+    batched ESPIRiT makes the full readout cheap, results/coil_maps/NOTES.md); a 2D mask: the sampled centre
+    square.
     The kernel shrinks to fit small regions (fastMRI brain's 4% of 128 columns = 5 lines -> a 3-wide
     kernel); fewer than 3 lines is refused with a message naming the count.
     """
-    import torch
-
-    from .transforms import acs_width
-
     if mask is None:
         c = min(calib_width, *spatial)
         return (c, c), (min(kernel_width, c - 1),) * 2
@@ -100,78 +116,184 @@ def calibration_region(mask: np.ndarray | None, spatial: tuple[int, ...], calib_
     line_mask = m.reshape(-1, *m.shape[-2:]).shape[-2] == 1 if m.dim() >= 2 else True
     kernel = min(kernel_width, width - 2)
     if line_mask:
-        rows = min(spatial[-2], max(readout_extent, width))
+        rows = spatial[-2] if readout_extent is None else min(spatial[-2], max(readout_extent, width))
         return (rows, width), (min(kernel_width, rows - 1), kernel)
     return (width, width), (kernel, kernel)
 
 
-def compute_file_maps(path: Path, kind: str, settings: EspiritSettings) -> np.ndarray:
-    """(slices, M, C, *spatial) complex64 maps of one file."""
-    layout = L.LAYOUTS[kind]
-    inspect_file(path, layout)  # clear error on a malformed file before any work
-    with h5py.File(path, "r") as f:
-        kspace = f[L.KSPACE]
-        mask = f["mask"][()] if "mask" in f else None
-        if mask is not None and mask.ndim == 1:
-            mask = mask[None, :]  # (W,) -> (1, W): columns of a fully sampled readout
-        out = []
-        for s in range(kspace.shape[0]):
-            k = kspace[s]
-            if kind == "cine":
-                k = k.mean(0)  # frame-averaged, fully sampled (T, C, H, W) -> (C, H, W)
-            if not np.isfinite(k).all():
-                raise DataError(path, f"NaN or Inf in k-space (slice {s})", key=L.KSPACE)
+def batch_maps(kspace: torch.Tensor, mask: torch.Tensor, espirit_settings: dict | None = None,
+               fft_ndim: int = 2) -> torch.Tensor:
+    """Online maps of a batch, on its device: (B, M, C, *S) from undersampled k-space (B, C, *S) and its mask
+    (broadcastable to it), from the centre region every sample acquired (`calibration_region`). Cine k-space
+    (B, C, T, H, W) gives maps (B, M, C, 1, H, W) shared by the frames, from the frame average; fft_ndim 3:
+    whole volumes (B, C, X, Y, Z) from the sampled centre cube. `espirit_settings`: data.espirit
+    (calib_width unused: the mask decides; kernel_width defaults to 4, online regions are often small).
+    ValueError when the acquired calibration region is too small."""
+    cfg = {"kernel_width": 4, **{k: v for k, v in (espirit_settings or {}).items() if k != "calib_width"}}
+    kernel_width = cfg.pop("kernel_width")
+    m = mask.detach().float().cpu()
+    if fft_ndim == 3:  # whole volumes: the sampled centre cube
+        width = acs_width(m)
+        return espirit(kspace, width, min(kernel_width, width - 1), ndim=3, **cfg).maps
+    calib, kernel = calibration_region(m.reshape(-1, *m.shape[-2:]).numpy(), tuple(kspace.shape[-2:]), 0,
+                                       kernel_width)
+    if kspace.dim() == 5:  # cine (B, C, T, H, W): frame-averaged k-space
+        return espirit(time_average(kspace, dim=2), calib, kernel, **cfg).maps.unsqueeze(3)
+    return espirit(kspace, calib, kernel, **cfg).maps
+
+
+class Calibration(NamedTuple):
+    """What the maps of one file depend on: its calibration regions (slices, C, *calib) (frame-averaged for
+    cine), the spatial shape of a slice, the kernel, and the content key of all of it."""
+
+    region: np.ndarray
+    spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    key: str
+
+
+def read_calibration(path: Path, kind: str, settings: EspiritSettings) -> Calibration:
+    """Read only the calibration region of every slice of `path` (its content key: `MapCache.key`)."""
+    layout = get_kind(kind).layout
+    try:
+        with h5py.File(path, "r") as f:
+            if L.KSPACE not in f:
+                raise DataError(path, "missing key", key=L.KSPACE)
+            kspace = f[L.KSPACE]
+            shape, spatial = tuple(kspace.shape), tuple(kspace.shape[-2:])
+            if len(shape) != layout.kspace_ndim:
+                raise DataError(path, f"{len(shape)}-d k-space {shape}, expected {layout.kspace_ndim}-d for {kind}",
+                                key=L.KSPACE)
+            mask = f["mask"][()] if "mask" in f else None
+            if mask is not None and mask.ndim == 1:
+                mask = mask[None, :]  # (W,) -> (1, W): columns of a fully sampled readout
             try:
-                calib, kernel = calibration_region(mask, k.shape[-2:], settings.calib_width, settings.kernel_width)
+                calib, kernel = calibration_region(mask, spatial, settings.calib_width, settings.kernel_width)
             except ValueError as e:
                 raise DataError(path, str(e), key="mask") from None
-            out.append(espirit_maps(k, calib_width=calib, kernel_width=kernel, thresh=settings.thresh,
-                                    crop=settings.crop, num_maps=settings.num_maps))
-    maps = np.stack(out).astype(np.complex64)
-    if not np.abs(maps).max() > 0:
+            rows, cols = (slice(n // 2 - c // 2, n // 2 - c // 2 + c) for n, c in zip(spatial, calib))
+            region = kspace[..., rows, cols]
+    except OSError as e:
+        raise DataError(path, f"cannot read k-space (truncated or corrupt?): {e}") from None
+    if not np.isfinite(region).all():
+        s = int(np.nonzero(~np.isfinite(region).reshape(len(region), -1).all(1))[0][0])
+        raise DataError(path, f"NaN or Inf in k-space (slice {s})", key=L.KSPACE)
+    digest = hashlib.sha256(np.ascontiguousarray(region).tobytes())
+    if mask is not None:
+        digest.update(np.ascontiguousarray(mask).tobytes())
+    identity = {"kind": kind, "shape": list(shape), "dtype": str(region.dtype), "calibration": digest.hexdigest(),
+                "settings": asdict(settings), "version": CACHE_VERSION}
+    if kind == "cine":  # (S, T, C, *calib): one map set per slice from the frame average
+        region = time_average(torch.from_numpy(region), dim=1).numpy()
+    return Calibration(region, spatial, kernel, content_key(identity))
+
+
+def compute_file_maps(path: Path, kind: str, settings: EspiritSettings, device: str | torch.device | None = None,
+                      calibration: Calibration | None = None) -> Iterator[np.ndarray]:
+    """The (slices, M, C, *spatial) complex64 maps of one file, a batch of slices at a time (bounded memory),
+    computed on `device` (default: CPU). DataError when no slice has a coil sensitivity."""
+    inspect_file(path, get_kind(kind).layout)  # clear error on a malformed file before any work
+    cal = calibration or read_calibration(path, kind, settings)
+    device = torch.device(device or "cpu")
+    S, C = cal.region.shape[:2]
+    per_slice = 6 * 8 * settings.num_maps * C * int(np.prod(cal.spatial))
+    batch = max(1, BATCH_BYTES.get(device.type, BATCH_BYTES["cpu"]) // per_slice)
+    found = False
+    for start in range(0, S, batch):
+        region = torch.from_numpy(cal.region[start:start + batch]).to(device)
+        maps = espirit_from_calibration(region, cal.spatial, cal.kernel, settings.thresh, settings.crop,
+                                        settings.num_maps, settings.coarse_grid).maps.cpu().numpy()
+        found = found or bool(np.abs(maps).max() > 0)
+        yield maps
+    if not found:
         raise DataError(path, "ESPIRiT found no coil sensitivity (all maps zero): is the calibration region "
                         "fully sampled?", key=L.KSPACE)
-    return maps
 
 
-def file_identity(path: Path) -> dict:
-    """What makes cached maps valid for a file: its resolved path, size and modification time (ns)."""
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _read_entry(entry: Path, cal: Calibration, settings: EspiritSettings, slices: int, warn: bool = True) -> bool:
+    """True if the cache file `entry` holds these maps; False (with a warning naming it) if it is damaged."""
+    expected = (slices, settings.num_maps, cal.region.shape[1], *cal.spatial)
+    try:
+        with h5py.File(entry, "r") as f:
+            maps = f[L.MAPS]
+            if f.attrs.get("key") != cal.key or tuple(maps.shape) != expected or maps.dtype != np.complex64:
+                raise ValueError(f"its key or maps {tuple(maps.shape)} {maps.dtype} are not those of this file "
+                                 f"({expected} complex64)")
+            maps[-1]  # the last slice is readable: the file is complete
+    except (OSError, KeyError, ValueError) as e:
+        if warn:
+            warnings.warn(f"{entry}: damaged coil-map cache entry ({e}); building it again", stacklevel=3)
+        return False
+    return True
 
 
 class MapCache:
-    """Coil maps per (input file identity, kind, ESPIRiT settings) in `folder` (see the module docstring)."""
+    """Coil maps per (file content, kind, ESPIRiT settings) in `folder` (see the module docstring), computed
+    on `device` (default: CUDA when present, else CPU)."""
 
-    def __init__(self, folder: str | os.PathLike | None = None, settings: EspiritSettings | None = None):
+    def __init__(self, folder: str | os.PathLike | None = None, settings: EspiritSettings | None = None,
+                 device: str | torch.device | None = None):
         self.folder = cache_folder(folder, CACHE_ENV, "maps")
         self.settings = settings or EspiritSettings()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def key(self, path: Path, kind: str) -> str:
-        ident = {**file_identity(path), "kind": kind, "settings": asdict(self.settings), "version": CACHE_VERSION}
-        return content_key(ident)
+        """SHA-256 of what the maps depend on: calibration-region values, k-space shape, mask, kind, settings."""
+        return read_calibration(Path(path), kind, self.settings).key
+
+    def _entry(self, path: Path, key: str) -> Path:
+        return self.folder / f"{Path(path).stem}-{key[:20]}.h5"
 
     def path_for(self, path: Path, kind: str) -> Path:
-        return self.folder / f"{path.stem}-{self.key(path, kind)[:20]}.h5"
+        return self._entry(path, self.key(path, kind))
 
-    def lookup(self, path: Path, kind: str) -> Path | None:
-        cached = self.path_for(path, kind)
-        return cached if cached.is_file() else None
+    def lookup(self, path: Path, kind: str, calibration: Calibration | None = None) -> Path | None:
+        """The cache file of `path`'s maps, or None if it is missing or damaged (a warning names it)."""
+        cal = calibration or read_calibration(Path(path), kind, self.settings)
+        entry = self._entry(path, cal.key)
+        if not entry.is_file():
+            return None
+        return entry if _read_entry(entry, cal, self.settings, len(cal.region)) else None
 
-    def build(self, path: Path, kind: str) -> Path:
-        """Compute the maps of `path` and write them atomically into the cache; returns the cache file."""
-        cached = self.path_for(path, kind)
-        maps = compute_file_maps(path, kind, self.settings)
+    def build(self, path: Path, kind: str, overwrite: bool = False) -> Path:
+        """Compute the maps of `path` and write them atomically into the cache; returns the cache file.
+        Processes building the same entry at once both write complete, identical files; the last rename wins."""
+        path = Path(path)
+        cal = read_calibration(path, kind, self.settings)
+        entry = self._entry(path, cal.key)
+        if not overwrite and entry.is_file() and _read_entry(entry, cal, self.settings, len(cal.region), warn=False):
+            return entry  # built by another process meanwhile (a damaged entry was named when it was looked up)
+        return self._write(path, kind, cal, compute_file_maps(path, kind, self.settings, self.device, cal))
+
+    def store(self, path: Path, kind: str, maps: np.ndarray) -> Path:
+        """Write known maps (slices, M, C, *spatial) as `path`'s entry (generated data whose coil sensitivities
+        are known, benchmarks); returns the cache file."""
+        path = Path(path)
+        cal = read_calibration(path, kind, self.settings)
+        expected = (len(cal.region), self.settings.num_maps, cal.region.shape[1], *cal.spatial)
+        if tuple(maps.shape) != expected:
+            raise ValueError(f"{path}: maps of shape {tuple(maps.shape)}, expected {expected}")
+        return self._write(path, kind, cal, iter([maps]))
+
+    def _write(self, path: Path, kind: str, cal: Calibration, batches: Iterable[np.ndarray]) -> Path:
+        """Write the maps of `path`, a batch of slices at a time, atomically into its entry."""
+        entry = self._entry(path, cal.key)
         try:
-            with atomic_path(cached) as tmp:
+            with atomic_path(entry) as tmp:
                 with h5py.File(tmp, "w") as f:
-                    d = f.create_dataset(L.MAPS, data=maps)
-                    d.attrs.update(asdict(self.settings))
-                    f.attrs.update({**file_identity(path), "kind": kind, "version": CACHE_VERSION})
+                    d, start = None, 0
+                    for maps in batches:
+                        if d is None:
+                            d = f.create_dataset(L.MAPS, shape=(len(cal.region), *maps.shape[1:]), dtype=np.complex64)
+                        d[start:start + len(maps)] = maps
+                        start += len(maps)
+                    d.attrs.update(self.settings.attrs())
+                    f.attrs.update({"source": str(path.resolve()), "kind": kind, "key": cal.key,
+                                    "version": CACHE_VERSION})
         except OSError as e:
             raise DataError(self.folder, f"cannot write the coil-map cache ({e}); set data.maps_cache "
                             f"(or ${CACHE_ENV}) to a writable folder") from None
-        return cached
+        return entry
 
     def ensure(self, paths: Iterable[Path], kind: str, workers: int = 1, progress: bool = True) -> dict[Path, Path]:
         """Cache files for every path, building the missing ones (parallel workers, a progress bar)."""
@@ -181,19 +303,24 @@ class MapCache:
         found = {p: self.lookup(p, kind) for p in paths}
         missing = [p for p, c in found.items() if c is None]
         if missing:
-            desc = f"ESPIRiT maps -> {self.folder}"
-            bar = tqdm(total=len(missing), desc=desc, unit="file", disable=None if progress else True)
-            if workers > 1 and len(missing) > 1:
-                with ProcessPoolExecutor(min(workers, len(missing))) as ex:
-                    for p, c in zip(missing, ex.map(_build, [(self, p, kind) for p in missing])):
-                        found[p] = c
-                        bar.update()
-            else:
-                for p in missing:
-                    found[p] = self.build(p, kind)
-                    bar.update()
+            bar = tqdm(total=len(missing), desc=f"ESPIRiT maps -> {self.folder}", unit="file",
+                       disable=None if progress else True)
+            for p, c in self._build_all([(p, kind) for p in missing], workers):
+                found[p] = c
+                bar.update()
             bar.close()
         return found  # type: ignore[return-value]
+
+    def _build_all(self, jobs: list[tuple[Path, str]], workers: int, overwrite: bool = False
+                   ) -> Iterator[tuple[Path, Path]]:
+        """Build every (path, kind): on a GPU in this process (batched over slices), else in `workers`
+        processes of one thread each (ESPIRiT per slice is small: processes scale, threads do not)."""
+        if workers > 1 and len(jobs) > 1 and self.device.type == "cpu":
+            with ProcessPoolExecutor(min(workers, len(jobs)), initializer=_one_thread) as ex:
+                yield from zip([p for p, _ in jobs], ex.map(_build, [(self, p, k, overwrite) for p, k in jobs]))
+        else:
+            for p, k in jobs:
+                yield p, self.build(p, k, overwrite)
 
 
 def cache_for(data_cfg, num_maps: int) -> MapCache:
@@ -205,13 +332,19 @@ def cache_for(data_cfg, num_maps: int) -> MapCache:
     return MapCache(data_cfg.maps_cache, settings)
 
 
-def _build(job: tuple[MapCache, Path, str]) -> Path:
-    cache, path, kind = job
-    return cache.build(path, kind)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _build(job: tuple[MapCache, Path, str, bool]) -> Path:
+    cache, path, kind, overwrite = job
+    return cache.build(path, kind, overwrite)
 
 
 def find_files(data: Path) -> list[Path]:
-    splits = [data / s for s in L.SPLITS if (data / s).is_dir()]
+    """The .h5 files of a folder, or of its train/val/test folders (an empty split is skipped: a small
+    dataset may have no test volume); DataError naming the folder when there are none."""
+    splits = [s for s in (data / name for name in L.SPLITS) if s.is_dir() and any(s.glob("*.h5"))]
     if splits:
         return [p for s in splits for p in list_h5(s)]
     return list_h5(data)
@@ -219,21 +352,18 @@ def find_files(data: Path) -> list[Path]:
 
 def cache_maps(data: str | os.PathLike, kind: str | None = None, calib_width: int = 20, kernel_width: int = 6,
                thresh: float = 0.02, crop: float = 0.95, workers: int = 1, overwrite: bool = False,
-               verbose: bool = True, num_maps: int = 1, cache: str | os.PathLike | None = None) -> list[str]:
+               verbose: bool = True, num_maps: int = 1, cache: str | os.PathLike | None = None,
+               device: str | None = None, coarse_grid: int | None = None) -> list[str]:
     """Compute the maps of every file under `data` into the cache folder; one status line per file.
 
-    The data files are only read. `overwrite` recomputes maps already cached."""
+    The data files are only read. `overwrite` recomputes maps already cached. `device`: default CUDA when
+    present (batched over slices), else CPU with `workers` processes."""
     files = find_files(Path(data))
-    mc = MapCache(cache, EspiritSettings(calib_width, kernel_width, thresh, crop, num_maps))
+    mc = MapCache(cache, EspiritSettings(calib_width, kernel_width, thresh, crop, num_maps, coarse_grid), device)
     lines = []
     jobs = [(p, kind or detect_kind(p)) for p in files]
     todo = [(p, k) for p, k in jobs if overwrite or mc.lookup(p, k) is None]
-    done = {}
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(workers, len(todo))) as ex:
-            done = dict(zip([p for p, _ in todo], ex.map(_build, [(mc, p, k) for p, k in todo])))
-    else:
-        done = {p: mc.build(p, k) for p, k in todo}
+    done = dict(mc._build_all(todo, workers, overwrite))
     for i, (p, k) in enumerate(jobs, 1):
         lines.append(f"{p.name}: maps cached in {done[p].name}" if p in done
                      else f"{p.name}: maps present in the cache, skipped")
@@ -250,37 +380,11 @@ def embed_maps(data: str | os.PathLike, kind: str | None = None, calib_width: in
     settings = EspiritSettings(calib_width, kernel_width, thresh, crop, num_maps)
     written = []
     for p in find_files(Path(data)):
-        maps = compute_file_maps(p, kind or detect_kind(p), settings)
+        maps = np.concatenate(list(compute_file_maps(p, kind or detect_kind(p), settings)))
         with atomic_path(p, copy_from=p) as tmp:
             with h5py.File(tmp, "r+") as f:
                 if L.MAPS in f:
                     del f[L.MAPS]
-                f.create_dataset(L.MAPS, data=maps).attrs.update(asdict(settings))
+                f.create_dataset(L.MAPS, data=maps).attrs.update(settings.attrs())
         written.append(p)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="folder of .h5 files, or a root with train/val/test (read only)")
-    p.add_argument("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or ~/.cache/mrirecon/maps)")
-    p.add_argument("--kind", choices=KINDS, default=None, help="layout (detected from the file if omitted)")
-    p.add_argument("--calib-width", type=int, default=20, help="side of the central calibration square")
-    p.add_argument("--kernel-width", type=int, default=6)
-    p.add_argument("--thresh", type=float, default=0.02)
-    p.add_argument("--crop", type=float, default=0.95)
-    p.add_argument("--num-maps", type=int, default=1, help="ESPIRiT map sets (model.num_maps)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--overwrite", action="store_true", help="recompute maps already cached")
-    a = p.parse_args(argv)
-    try:
-        cache_maps(a.data, a.kind, a.calib_width, a.kernel_width, a.thresh, a.crop, a.workers, a.overwrite,
-                   num_maps=a.num_maps, cache=a.cache)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

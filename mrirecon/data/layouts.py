@@ -1,4 +1,5 @@
-"""On-disk HDF5 layouts read by the datasets and written by the synthetic generator.
+"""On-disk HDF5 layouts read by the readers (`readers/`) and written by the synthetic generator; each data kind
+(`kinds.py`) names its layout.
 
 One place defines them; `data/README.md` documents them for users.
 
@@ -57,7 +58,5 @@ FASTMRI = Layout("fastmri", kspace_ndim=4, slice_axis=0, coil_axis=1, needs_head
                  acquisitions=("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR"))
 KNEE3D = Layout("knee3d", kspace_ndim=4, slice_axis=0, coil_axis=1, needs_header=False, acquisitions=("3D-FSE",))
 CINE = Layout("cine", kspace_ndim=5, slice_axis=0, coil_axis=2, needs_header=False, acquisitions=("CINE",))
-
-LAYOUTS = {"knee2d": FASTMRI, "brain2d": FASTMRI, "fastmri": FASTMRI, "knee3d": KNEE3D, "cine": CINE}
 
 SPLITS = ("train", "val", "test")

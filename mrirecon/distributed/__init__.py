@@ -1,2 +1,1 @@
-"""Training on several processes: pipeline-parallel GLEAM over torch.distributed (launched by torchrun)
-and gradient averaging for data parallelism."""
+"""Training on several processes: pipeline-parallel GLEAM over torch.distributed (launched by torchrun)."""

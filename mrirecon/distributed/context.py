@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+import signal
+import socket
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -132,3 +134,65 @@ def init_distributed(cfg: Config) -> DistContext:
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return DistContext(rank, world, local_rank, local_world, device, backend, threads, launched)
+
+
+@dataclass
+class Peers:
+    """Where every rank's process runs (host, pid), to tell a stage that died or was stopped (SIGSTOP) from one
+    that is slow. Only processes on this host can be looked at; others are "unknown"."""
+
+    rank: int
+    processes: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def exchange(cls, rank: int, world_size: int) -> "Peers":
+        """Every rank's (host, pid), gathered on every rank (a collective: call it on all ranks)."""
+        mine = (socket.gethostname(), os.getpid())
+        every: list = [None] * world_size
+        if world_size > 1:
+            dist.all_gather_object(every, mine)
+        else:
+            every = [mine]
+        return cls(rank, {r: tuple(p) for r, p in enumerate(every)})
+
+    def state(self, rank: int) -> str:
+        """"running", "ended" (exited or killed: gone or a zombie), "stopped" (SIGSTOP) or "unknown"."""
+        host, pid = self.processes.get(rank, (None, None))
+        if host != socket.gethostname() or pid is None:
+            return "unknown"
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return "ended"
+        except OSError:
+            return "unknown"
+        return {"Z": "ended", "X": "ended", "T": "stopped"}.get(state, "running")
+
+    def failed(self) -> dict[int, str]:
+        """The other ranks whose process has ended or is stopped: {rank: state}."""
+        out = {}
+        for r in self.processes:
+            if r != self.rank:
+                state = self.state(r)
+                if state in ("ended", "stopped"):
+                    out[r] = state
+        return out
+
+    def end(self, rank: int) -> bool:
+        """SIGKILL a stopped peer on this host (what torchrun does after --shutdown_timeout): a stopped
+        process takes no other signal, and every stage is ending. True when it was sent."""
+        host, pid = self.processes.get(rank, (None, None))
+        if self.state(rank) != "stopped":
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            return False
+        return True
+
+
+def default_store():
+    """The key-value store of the default process group (torchrun's rendezvous store), for small flags
+    every rank can read without a collective (e.g. a stop request)."""
+    return dist.distributed_c10d._get_default_store()  # no public accessor in torch 2.x

@@ -14,11 +14,19 @@ Every module is trained by `train_greedy_module`, the same function single-proce
 same batches in the same order, so the parameters equal those of single-process GLEAM (tested).
 Validation runs the chain once per epoch (anytime metrics of every module, gathered to rank 0);
 rank 0 logs to the run directory's metrics.csv and writes last.ckpt / best-epoch<e>.ckpt in the format
-`evaluate.py` loads; each stage also writes its own part (stages/stage<k>.ckpt). Any wait on another
-process times out after `train.pipeline.timeout_s` with an error naming the stage it waited for.
+`evaluate.py` loads; each stage also writes its own part (stages/stage<k>.ckpt).
+
+Faults: any wait on another process (a link or a collective) times out after `train.pipeline.timeout_s`;
+every stage then stops with a PipelineError naming the stage that failed (exit status 4): one that died
+(its process has ended, e.g. `kill -9`), one that is stopped (SIGSTOP: it is ended with SIGKILL, as torchrun
+would after --shutdown_timeout, so every stage ends) or one that did not answer. A stage that torchrun
+stops because another one died says which one. Ctrl-C / SIGTERM (to torchrun or to a stage) stop every
+stage after one common training step: rank 0 fixes the step (a key in the rendezvous store), every stage
+trains up to it, and rank 0 writes last.ckpt of that step (exit status 128 + the signal's number).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import time
@@ -32,6 +40,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader
 
+from ..atomic import folder_lock
 from ..config import Config, ConfigError, save_config
 from ..evaluation.volumes import VolumeAccumulator
 from ..models.build import build_network
@@ -40,29 +49,27 @@ from ..training.checkpoints import file_sha256, load_checkpoint, save_checkpoint
 from ..data.datamodule import EpochSampler, EpochTagged, ReconDataModule
 from ..training.guards import NonFiniteError, check_finite
 from ..training.losses import build_loss
-from ..training.module import build_optimizers, module_summary, validation_log
-from ..training.strategies import greedy_modules, train_greedy_module
-from .context import DistContext, Layout, init_distributed, pipeline_layout
-from .gradients import average_gradients
-
-
-class PipelineError(RuntimeError):
-    """A stage could not go on (another stage died, stopped answering, or failed); names the stage."""
+from ..training.run import apply_optimizer_changes, check_resume_compatible
+from ..training.run_folder import (check_output_dir, check_run_name, checkpoint_in, record_resume,
+                                   remove_if_empty, resumed_run_dir, run_loggers)
+from ..training.module import module_summary, validation_log
+from ..training.optim import build_optimizers
+from ..training.schedule import batch_limit, training_done, validation_due
+from ..training.strategies import greedy_modules, module_parameters, train_greedy_module
+from ..training.interrupts import StopRequests, TrainingInterrupted
+from .context import DistContext, Layout, Peers, default_store, init_distributed, pipeline_layout
+from .faults import STOP_AT, STOP_REQUESTED, Faults, PipelineError
+from ..training.data_parallel import average_gradients
 
 
 # ------------------------------------------------------------------------------------------ batches
-def _limit(n: int, limit: float) -> int:
-    """Lightning's limit_*_batches: a fraction of the batches (<= 1.0) or a count (> 1)."""
-    return max(1, min(n, int(n * limit) if limit <= 1.0 else int(limit)))
-
-
 def train_batches(num_items: int, cfg: Config, epoch: int) -> list[list[int]]:
     """The epoch's training batches as dataset indices tagged with the epoch (what Lightning's loader of
     `ReconDataModule` yields for single-process training: EpochSampler, batch_size, last batch kept)."""
     sampler = EpochSampler(num_items, cfg.train.seed)
     sampler.set_epoch(epoch)
     batches = list(BatchSampler(sampler, cfg.data.batch_size, drop_last=False))
-    return batches[:_limit(len(batches), cfg.train.limit_train_batches)]
+    return batches[:batch_limit(len(batches), cfg.train.limit_train_batches)]
 
 
 def replica_shard(batches: list[list[int]], layout: Layout) -> list[list[int]]:
@@ -88,31 +95,32 @@ class StageLink:
     """Image estimates between neighbouring stages: asynchronous sends (at most `in_flight` pending) and
     receives posted ahead of the work that needs them; every wait times out naming the other stage."""
 
-    def __init__(self, layout: Layout, timeout_s: float, in_flight: int = 2):
-        self.layout, self.in_flight = layout, in_flight
+    def __init__(self, layout: Layout, timeout_s: float, faults: "Faults", in_flight: int = 2):
+        self.layout, self.in_flight, self.faults = layout, in_flight, faults
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self._sends: list[tuple[Any, Tensor, int]] = []
         self._send_tag = self._recv_tag = 0
 
     def _wait(self, work: Any, peer_stage: int, what: str) -> None:
         peer = self.layout.rank_of(peer_stage)
+        what = f"{what} stage {peer_stage} (rank {peer})"
         try:
             ok = work.wait(self.timeout)
         except RuntimeError as e:  # gloo: timeout or connection closed by the peer
-            raise PipelineError(
-                f"pipeline stage {self.layout.stage} (rank {self.layout.rank}): {what} stage {peer_stage} "
-                f"(rank {peer}) failed: that stage died or stopped answering within train.pipeline.timeout_s="
-                f"{self.timeout.total_seconds():g} s ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-            ) from None
+            raise self.faults.error(what, e, peer) from None
         if ok is False:
-            raise PipelineError(f"pipeline stage {self.layout.stage}: {what} stage {peer_stage} (rank {peer}) did "
-                                f"not complete within train.pipeline.timeout_s={self.timeout.total_seconds():g} s")
+            raise self.faults.error(what, None, peer)
 
     def post_recv(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _Recv:
         """Post the receive of the previous stage's next image, a complex (B, M, *S) tensor sent as real pairs."""
         buffer = torch.empty((*shape, 2), dtype=torch.empty((), dtype=dtype).real.dtype, device=device)
         tag, self._recv_tag = self._recv_tag, self._recv_tag + 1
-        work = dist.irecv(buffer, src=self.layout.rank_of(self.layout.stage - 1), tag=tag)
+        peer = self.layout.rank_of(self.layout.stage - 1)
+        try:
+            work = dist.irecv(buffer, src=peer, tag=tag)
+        except RuntimeError as e:  # the connection to the peer is already gone
+            raise self.faults.error(f"receiving image {tag} from stage {self.layout.stage - 1} (rank {peer})", e,
+                                    peer) from None
         return _Recv(buffer, work, tag)
 
     def wait_recv(self, r: _Recv) -> Tensor:
@@ -125,7 +133,12 @@ class StageLink:
             self._finish_oldest()
         data = torch.view_as_real(x).contiguous()
         tag, self._send_tag = self._send_tag, self._send_tag + 1
-        work = dist.isend(data, dst=self.layout.rank_of(self.layout.stage + 1), tag=tag)
+        peer = self.layout.rank_of(self.layout.stage + 1)
+        try:
+            work = dist.isend(data, dst=peer, tag=tag)
+        except RuntimeError as e:  # the connection to the peer is already gone
+            raise self.faults.error(f"sending image {tag} to stage {self.layout.stage + 1} (rank {peer})", e,
+                                    peer) from None
         self._sends.append((work, data, tag))
 
     def _finish_oldest(self) -> None:
@@ -177,12 +190,16 @@ class PipelineStage:
         self.module_ranges = {m: all_modules[m] for m in layout.modules}
         owned = [i for m in layout.modules for i in all_modules[m]]
         self.net: UnrolledNet = build_network(cfg, owned=owned).to(ctx.device)
-        groups = [[p for i in self.module_ranges[m] for p in self.net.unrolls[i].parameters() if p.requires_grad]
-                  for m in layout.modules]
+        groups = [module_parameters(self.net, self.module_ranges[m]) for m in layout.modules]
         self.optimizers, self.schedulers = build_optimizers(t, groups)
         self.groups = groups
         self.loss_fn = build_loss(t.loss)
-        self.link = StageLink(layout, t.pipeline.timeout_s)
+        self.peers = Peers.exchange(layout.rank, layout.world_size)
+        self.faults = Faults(layout, self.peers, t.pipeline.timeout_s)
+        self.link = StageLink(layout, t.pipeline.timeout_s, self.faults)
+        self.requests: StopRequests | None = None  # set by train_pipeline while training
+        self.stop_at: int | None = None   # the common step every stage stops before (Ctrl-C / SIGTERM)
+        self.stop_signal: int | None = None
         # Every rank creates every stage group, in the same order (torch.distributed requires it).
         self.stage_group = None
         for s in range(layout.stages):
@@ -199,7 +216,8 @@ class PipelineStage:
 
         def hook(loss: Tensor) -> None:
             if self.stage_group is not None:  # data parallel inside the stage; the loss is averaged along
-                average_gradients(params, self.stage_group, extra=loss)
+                self.faults.collective(f"averaging module {m + 1}'s gradients with the other replicas of this stage",
+                                       lambda: average_gradients(params, self.stage_group, extra=loss))
             try:
                 check_finite({f"loss_module{m + 1}": loss}, step=self.progress.step, params=params, module=m + 1)
             except NonFiniteError:
@@ -210,15 +228,35 @@ class PipelineStage:
                 self.skipped_steps += 1
         return hook
 
+    def stop_due(self) -> bool:
+        """Whether to stop before the next training step. The first Ctrl-C / SIGTERM anywhere is announced in
+        the store; rank 0 answers it by fixing the stop step (its next step + 1, which every rank reaches after
+        the announcement: replicas are in step with rank 0, later stages behind it); every rank stops there."""
+        if self.stop_at is None:
+            store, signum = default_store(), self.requests.signum if self.requests else None
+            if signum is not None and self.stop_signal is None:
+                self.stop_signal = signum
+                store.set(STOP_REQUESTED, str(signum))
+            if self.layout.rank == 0:
+                if signum is not None or store.check([STOP_REQUESTED]):
+                    self.stop_signal = self.stop_signal or int(store.get(STOP_REQUESTED))
+                    self.stop_at = self.progress.step + 1
+                    store.set(STOP_AT, str(self.stop_at))
+            elif store.check([STOP_AT]):
+                self.stop_at = int(store.get(STOP_AT))
+                self.stop_signal = self.stop_signal or int(store.get(STOP_REQUESTED))
+        return self.stop_at is not None and self.progress.step >= self.stop_at
+
     def _loader(self, split: str, batches: list[list[int]]) -> DataLoader:
         ds = self.data.dataset(split)
-        data = EpochTagged(ds, ds.transform) if split == "train" else ds
+        data = EpochTagged(ds, ds.transform)  # workers read and mask; the batch transform runs in fetch()
         return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.data.num_workers)
 
-    def _chain(self, loader: DataLoader, work: Callable[[Any, Tensor, Any], Tensor]) -> int:
+    def _chain(self, loader: DataLoader, work: Callable[[Any, Tensor, Any], Tensor], stoppable: bool = False) -> int:
         """Run `work(batch, x_in, A) -> x_out` over the loader as a link of the chain: the first stage starts
         from the zero-filled image, the others receive theirs (posted one batch ahead); all but the last
-        send their output on. Returns the number of batches done."""
+        send their output on. `stoppable`: a stop request ends it before a batch (`stop_due`). Returns the
+        number of batches done."""
         first, last = self.layout.is_first, self.layout.is_last
         batches = iter(loader)
 
@@ -226,12 +264,14 @@ class PipelineStage:
             b = next(batches, None)
             if b is None:
                 return None
-            b = _to(b, self.ctx.device)
+            b = self.data.batch_transform(_to(b, self.ctx.device))
             image = (b.kspace.shape[0], self.cfg.model.num_maps, *b.kspace.shape[2:])  # what A^H gives
             return b, (None if first else self.link.post_recv(image, b.kspace.dtype, self.ctx.device))
 
         done, pending = 0, fetch()
         while pending is not None:
+            if stoppable and self.stop_due():
+                break  # the receive posted for this batch is left: no stage sends it
             batch, recv = pending
             pending = fetch()  # the next batch is read and its receive posted before this one's work
             A = self.net.sense(batch.maps, batch.mask)
@@ -270,7 +310,7 @@ class PipelineStage:
             return x
 
         self.net.train()
-        return self._chain(self._loader("train", batches), work)
+        return self._chain(self._loader("train", batches), work, stoppable=True)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -280,7 +320,7 @@ class PipelineStage:
             return {}, (0.0, 0)
         ds = self.data.dataset("val")
         batches = list(BatchSampler(range(len(ds)), self.cfg.data.batch_size, drop_last=False))
-        batches = batches[:_limit(len(batches), self.cfg.train.limit_val_batches)]
+        batches = batches[:batch_limit(len(batches), self.cfg.train.limit_val_batches)]
         acc = VolumeAccumulator({fi.path.name: fi.recon_size for fi in ds.files})
         loss_sum, count = 0.0, 0
 
@@ -334,7 +374,7 @@ class PipelineStage:
 
 
 # --------------------------------------------------------------------------------- rank 0's part
-def _on_rank0(fn: Callable[[], Any], layout: Layout) -> Any:
+def _on_rank0(fn: Callable[[], Any], layout: Layout, faults: Faults) -> Any:
     """fn() run on rank 0, its result broadcast to every rank. When it fails, rank 0 raises the error and
     every other rank a PipelineError quoting it, so no rank waits for a rank 0 that has given up."""
     box: list[Any] = [None]
@@ -344,7 +384,7 @@ def _on_rank0(fn: Callable[[], Any], layout: Layout) -> Any:
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             error, box[0] = e, ("error", f"{type(e).__name__}: {e}")
-    dist.broadcast_object_list(box, src=0)
+    faults.collective("waiting for rank 0", lambda: dist.broadcast_object_list(box, src=0))
     if error is not None:
         raise error
     status, value = box[0]
@@ -367,7 +407,9 @@ def merged_checkpoint(cfg: Config, parts: list[dict], progress: _Progress, epoch
         "global_step": progress.step * cfg.train.num_modules,
         "pytorch-lightning_version": pl.__version__,
         "pipeline": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step,
-                     "best_score": progress.best_score, "best_path": progress.best_path,
+                     "best_score": progress.best_score,
+                     # relative to the checkpoints folder: a copied run folder keeps its own best record
+                     "best_path": Path(progress.best_path).name if progress.best_path else None,
                      "stages": len(parts)},
     }
 
@@ -402,6 +444,11 @@ def _log_epoch(loggers: list, cfg: Config, layout: Layout, payloads: list[dict],
     return metrics
 
 
+def _old_checkpoint_folder(best_path: str | None) -> str | None:
+    """The folder an absolute best path of an older checkpoint was written in."""
+    return str(Path(best_path).parent) if best_path and Path(best_path).is_absolute() else None
+
+
 def _peak_memory_mib(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -412,18 +459,21 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
                    after: Callable[[PipelineStage], Any] | None = None) -> StageResult:
     """Run this process's stage of the pipeline (call on every rank torchrun starts). `after(stage)` runs
     on every rank once training is done, before the process group closes (benchmarks measure there)."""
-    from ..training.run import (_remove_if_empty, apply_optimizer_changes, check_output_dir, check_resume_compatible,
-                                record_resume, resumed_run_dir, run_loggers)
-
     ctx = init_distributed(cfg)
+    held = contextlib.ExitStack()  # rank 0: the run folder's lock, for the whole run
+    requests = StopRequests(escalate=not ctx.launched).__enter__()
+    if not ctx.launched:  # in-process (a world of one): the caller's handlers come back
+        held.callback(requests.__exit__, None, None, None)
     try:
         layout = pipeline_layout(cfg, ctx.world_size, ctx.rank)
         stage = PipelineStage(cfg, ctx, layout)
+        stage.requests, requests.on_signal = requests, stage.faults.on_signal
 
         loggers: list = []
 
         def open_run() -> tuple[str, dict | None, dict]:
             check_output_dir(cfg.output_dir)
+            check_run_name(cfg)
             ckpt, changes, continued = None, {}, None
             if resume:  # the resumed run goes on in its own folder, with the changes applied and recorded
                 ckpt = load_checkpoint(resume)
@@ -432,12 +482,13 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
             loggers.extend(run_loggers(cfg, continued))
             run_dir = Path(loggers[0].log_dir).resolve()
             loggers[0].experiment  # the CSV writer starts before the folder has other files in it
+            held.enter_context(folder_lock(run_dir))  # one writer per run folder (a second resume is refused)
             if resume:
                 record_resume(run_dir / "resumes.json", resume, file_sha256(resume), ckpt.get("epoch", 0), changes)
             save_config(cfg, run_dir / "config.yaml")
             return str(run_dir), ckpt, changes
 
-        run_dir, ckpt, changes = _on_rank0(open_run, layout)
+        run_dir, ckpt, changes = _on_rank0(open_run, layout, stage.faults)
         if ckpt is not None:
             stage.load(ckpt)
             apply_optimizer_changes(stage.optimizers, stage.schedulers, changes, cfg)
@@ -445,12 +496,15 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
             result = _run(cfg, ctx, layout, stage, Path(run_dir), loggers, enable_progress_bar)
         except BaseException:
             if layout.rank == 0 and not resume:  # a run that failed before it saved anything leaves no folder
-                _remove_if_empty(Path(run_dir))
+                remove_if_empty(Path(run_dir))
             raise
         if after is not None:
             after(stage)
         return result
     finally:
+        held.close()
+        if ctx.launched:  # the process ends next: torchrun's SIGTERM to the survivors must not cut its message
+            requests.ignore()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -461,12 +515,13 @@ def _run(cfg: Config, ctx: DistContext, layout: Layout, stage: PipelineStage, ru
 
     t, prog = cfg.train, stage.progress
     ckpt_dir = run_dir / "checkpoints"
+    prog.best_path = checkpoint_in(prog.best_path, ckpt_dir, _old_checkpoint_folder(prog.best_path))
     n_train = len(replica_shard(train_batches(len(stage.data.dataset("train")), cfg, 0), layout))
     if n_train == 0:
         raise ConfigError(f"train.pipeline.replicas: {layout.replicas} replicas per stage need at least as many "
                           f"training batches per epoch, got {len(train_batches(len(stage.data.dataset('train')), cfg, 0))}")
     start = time.perf_counter()
-    while prog.epoch < t.max_epochs and not (t.max_steps > 0 and prog.step >= t.max_steps):
+    while not training_done(t, prog.epoch, prog.step):
         epoch = prog.epoch
         bar = None
         if enable_progress_bar and layout.rank == 0:
@@ -477,9 +532,10 @@ def _run(cfg: Config, ctx: DistContext, layout: Layout, stage: PipelineStage, ru
         if bar is not None:
             bar.close()
         epoch_done = prog.batch >= n_train
+        stopping = stage.stop_at is not None and prog.step >= stage.stop_at  # Ctrl-C / SIGTERM
         for s in stage.schedulers if epoch_done else []:
             s.step()
-        val_due = epoch_done and (epoch + 1) % t.check_val_every_n_epoch == 0 or prog.step >= t.max_steps > 0
+        val_due = not stopping and validation_due(t, epoch, epoch_done, prog.step)
         summaries, val_loss = stage.validate() if val_due else ({}, (0.0, 0))
         if epoch_done:
             prog.epoch, prog.batch = epoch + 1, 0
@@ -489,7 +545,8 @@ def _run(cfg: Config, ctx: DistContext, layout: Layout, stage: PipelineStage, ru
                             ckpt_dir / "stages" / f"stage{layout.stage}.ckpt")
         payload = {"losses": losses, "val": summaries, "val_loss": val_loss, "part": part, "rank": layout.rank}
         payloads: list | None = [None] * layout.world_size if layout.rank == 0 else None
-        dist.gather_object(payload, payloads, dst=0)
+        stage.faults.collective(f"gathering epoch {epoch}'s results on rank 0",
+                                lambda: dist.gather_object(payload, payloads, dst=0))
 
         def finish_epoch() -> dict:
             metrics = _log_epoch(loggers, cfg, layout, payloads, epoch, prog.step)
@@ -510,8 +567,10 @@ def _run(cfg: Config, ctx: DistContext, layout: Layout, stage: PipelineStage, ru
             save_checkpoint(ckpt, ckpt_dir / "last.ckpt")
             return {"best_score": prog.best_score, "best_path": prog.best_path}
 
-        best = _on_rank0(finish_epoch, layout)
+        best = _on_rank0(finish_epoch, layout, stage.faults)
         prog.best_score, prog.best_path = best["best_score"], best["best_path"]
+        if stopping:  # every stage has trained up to the same step; rank 0 wrote last.ckpt of it
+            raise TrainingInterrupted(stage.stop_signal, str(ckpt_dir / "last.ckpt"), prog.step, quiet=layout.rank != 0)
         if not epoch_done:  # stopped by max_steps inside the epoch
             break
     seconds = time.perf_counter() - start

@@ -4,9 +4,13 @@ Writes, under OUT: one fastMRI prediction file per input volume (same name, data
 `reconstruction`, float32 (slices, H, W); cine frames are stacked as slices), metrics.json,
 per_volume.csv and a PNG figure per volume (the first few).
 
-The output folder is locked while an evaluation writes it (a second one into the same folder is
-refused), and a rerun replaces its outputs: prediction files and figures of an earlier run that this
-run did not write again are removed, so OUT never mixes two runs. Every prediction file records
+OUT is never a folder that holds input data: an OUT equal to, inside or containing the data folder or
+another split of its dataset is refused (predictions carry the input files' names). An evaluation is
+written into a new folder beside OUT (OUT.partial-XXXX, locked against a second evaluation into OUT)
+and takes OUT's place only when complete, so OUT always holds one whole evaluation (the previous one
+until then); files a user put into an earlier evaluation's OUT are carried over. A failed or stopped
+evaluation removes its partial folder and leaves OUT as it was (a killed one leaves OUT.partial-XXXX,
+which the next evaluation into OUT removes). Every prediction file records
 what made it as HDF5 attributes: method, acceleration, the resolved config (YAML) and, for a
 network, the checkpoint's path and sha256.
 
@@ -18,7 +22,11 @@ written as predictions only (OUT/reconstructions.json when no file has a referen
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,22 +38,21 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..atomic import LOCK_NAME, folder_lock, write_text
+from ..atomic import LOCK_NAME, path_lock, write_text
 from ..config import Config, ConfigError
-from ..data.datasets import ReconDataset, list_h5
-from ..data.layouts import KSPACE, PREDICTION, TARGET
-from ..data.subsample import build_mask_func
-from ..data.transforms import ReconTransform
+from ..data.build import batch_transform, build_dataset
+from ..data.transforms import EpochTagged
+from ..data.errors import DataError
+from ..data.kinds import get_kind
+from ..data.layouts import KSPACE, PREDICTION
 from ..physics import SenseOp
-from .baselines import reconstruct
+from .baselines import classical_prediction
 from .cine import challenge_metrics, frame_rows, save_cine_outputs, write_frame_csv
 from .equivariance import equivariance_errors
 from .figures import save_cine_figure, save_comparison_grid
 from .metrics import evaluate_volume, summarize
 from .predictions import write_metrics, write_reconstruction
-from .volumes import VolumeAccumulator
-
-BASELINES = ("zero_filled", "sense", "cs")
+from .volumes import VolumeAccumulator, volume_reference
 
 
 def resolve_split(data: str | Path) -> Path:
@@ -53,24 +60,9 @@ def resolve_split(data: str | Path) -> Path:
     data = Path(data)
     if (data / "test").is_dir() and not any(data.glob("*.h5")):
         return data / "test"
-    from ..data.cmrxrecon import is_cmrxrecon_folder
-
-    if is_cmrxrecon_folder(data):  # CMRxRecon cine layout: .mat files below (issue 12)
-        return data
-    list_h5(data)  # clear error for a missing or empty folder
-    return data
-
-
-def build_dataset(cfg: Config, split_dir: Path, progress: bool = True) -> ReconDataset:
-    from ..data.coil_maps import cache_for
-
-    d = cfg.data
-    transform = ReconTransform(build_mask_func(d.mask), deterministic=True, seed=cfg.train.seed, maps=d.maps,
-                               espirit={**d.espirit, "num_maps": cfg.model.num_maps}, target=d.target)
-    return ReconDataset(split_dir, d.kind, transform=transform, volume=d.volume, acquisitions=d.acquisitions,
-                        crop_readout=d.crop_readout, require_maps=d.maps == "file", num_maps=cfg.model.num_maps,
-                        scan_values=d.scan_values, progress=progress, maps_cache=cache_for(d, cfg.model.num_maps),
-                        maps_workers=max(1, d.num_workers))
+    if not data.is_dir():
+        raise DataError(data, "data folder does not exist")
+    return data  # its kind's reader names anything else wrong with it (an empty folder, another layout)
 
 
 # What metrics.json and every prediction file say the scores are measured against.
@@ -94,54 +86,61 @@ def prediction_rule(method: str, target: str) -> str:
     return PREDICTIONS["zero_filled" if method == "zero_filled" else "classical"][target]
 
 
-def data_consistent_coils(x: torch.Tensor | None, maps: torch.Tensor, mask: torch.Tensor, kspace: torch.Tensor,
-                          fft_ndim: int) -> torch.Tensor:
-    """Coil images (B, C, *S) of k-space that keeps the acquired samples and takes F S x elsewhere
-    (x None: zero elsewhere). Their RSS is how an image x of a classical method is put on fastMRI's
-    reference, which keeps the noise floor outside the object that S x (cropped maps) sets to zero."""
-    from ..physics import ifftc
-
-    if x is not None:
-        kspace = kspace + (1 - mask) * SenseOp(maps, torch.ones(1), fft_ndim)(x)
-    return ifftc(kspace, ndim=fft_ndim)
+MANIFEST = ".mrirecon-outputs.json"  # files the evaluation wrote into OUT (relative paths)
+SPLITS = ("train", "val", "test")
 
 
-def classical_prediction(method: str, batch, fft_ndim: int, target_kind: str, params: dict | None) -> torch.Tensor:
-    """The image a classical method is scored on, (1, M or C, *S) complex (magnitude over dim 1): its SENSE
-    image x (target sense), or the coil images of its data-consistent k-space (target rss, see
-    `data_consistent_coils`; the zero-filled one is fastMRI's zero-filled baseline)."""
-    if method == "zero_filled" and target_kind == "rss":
-        return data_consistent_coils(None, batch.maps, batch.mask, batch.kspace, fft_ndim)
-    x = reconstruct(method, batch.kspace[0].numpy(), batch.maps[0].numpy(), batch.mask[0].numpy(), fft_ndim,
-                    **(params or {}))
-    x = torch.from_numpy(x)[None].to(batch.kspace.dtype)
-    if target_kind == "rss":
-        return data_consistent_coils(x, batch.maps, batch.mask, batch.kspace, fft_ndim)
-    return x
+def _inside(a: Path, b: Path) -> bool:
+    """a is b or inside b (resolved paths)."""
+    return a == b or b in a.parents
 
 
-def volume_reference(vol, path: Path, target_kind: str) -> "np.ndarray | None":
-    """What a volume is scored against: for target rss the file's own `reconstruction_rss` (fastMRI's
-    reference, exactly) when the volume holds all its slices, else the transform's target magnitude;
-    None for a file without a fully sampled reference. (`path` may be no HDF5 file, e.g. other readers.)"""
-    target = vol.images.get("target")
-    if target_kind == "rss" and target is not None and Path(path).is_file() and h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            if TARGET in f and f[TARGET].shape == target.shape:
-                return f[TARGET][()]
-    return target
+def data_folders(split_dir: Path) -> list[Path]:
+    """The folders that hold the input data: the split read and, when it is a split of a dataset root
+    (ROOT/{train,val,test}), every split of that dataset."""
+    split_dir = split_dir.resolve()
+    folders = [split_dir]
+    if split_dir.name in SPLITS:
+        folders += [split_dir.parent / s for s in SPLITS if (split_dir.parent / s).is_dir() and s != split_dir.name]
+    return folders
 
 
-MANIFEST = ".mrirecon-outputs.json"  # files the last evaluation wrote into OUT (relative paths)
-
-
-def _check_out(out: Path, split_dir: Path) -> None:
+def check_out(out: Path, split_dir: Path) -> None:
+    """Refuse an output folder that is a file, or that is, lies inside or contains a folder of input data
+    (the message names both paths), or an existing folder of other files that no evaluation wrote."""
     existing = next((q for q in (out, *out.parents) if q.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"--out: {existing} is a file, not a folder")
-    if out.resolve() == split_dir.resolve():
-        raise ConfigError(f"--out: {out} is the data folder; predictions have the input files' names and "
-                          "would overwrite them")
+    target = out.resolve()
+    for folder in data_folders(split_dir):
+        if _inside(target, folder) or _inside(folder, target):
+            how = ("is the data folder" if target == folder else
+                   "is inside the data folder" if _inside(target, folder) else "contains the data folder")
+            raise ConfigError(f"--out: {out} {how} {folder} (input data is only read: predictions carry the input "
+                              "files' names and would overwrite or mix with them); choose a folder outside the dataset")
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not _is_evaluation(out):
+        inputs = [p for p in out.glob("*.h5") if not _is_prediction_file(p)]
+        what = f"input data ({inputs[0].name})" if inputs else "files that no evaluation wrote"
+        raise ConfigError(f"--out: {out} holds {what}; choose a new or empty folder, or an earlier "
+                          "evaluation's folder")
+
+
+def _is_evaluation(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in (MANIFEST, "metrics.json", "reconstructions.json"))
+
+
+def check_device(device: str) -> "torch.device":
+    """The torch device for --device, with a ConfigError naming the flag for one that does not exist here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {device!r}: not a device (cpu, cuda, cuda:N, mps): "
+                          f"{str(e).splitlines()[0]}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available (torch.cuda.is_available() is False)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device}: MPS is not available on this machine")
+    return dev
 
 
 def _is_prediction_file(path: Path) -> bool:
@@ -152,24 +151,52 @@ def _is_prediction_file(path: Path) -> bool:
         return False
 
 
-def _replace_outputs(out: Path, written: list[Path]) -> None:
-    """Remove what an earlier evaluation left in `out` that this one did not write again, then record ours."""
-    manifest = out / MANIFEST
-    old: set[str] = set()
-    if manifest.is_file():
+def _ours(out: Path) -> set[str]:
+    """Files of `out` (relative paths) written by the evaluation that made it."""
+    ours: set[str] = set()
+    if (out / MANIFEST).is_file():
         try:
-            old = set(json.loads(manifest.read_text()))
+            ours = set(json.loads((out / MANIFEST).read_text()))
         except (ValueError, TypeError):
-            old = set()
-    old |= {p.name for p in out.glob("*.h5") if _is_prediction_file(p)}
-    new = {str(p.relative_to(out)) for p in written}
-    for rel in sorted(old - new):
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            continue  # only files inside OUT are ever removed
-        path = out / rel
-        if path.is_file() and path.name != LOCK_NAME and (path.suffix != ".h5" or _is_prediction_file(path)):
-            path.unlink()
-    write_text(manifest, json.dumps(sorted(new), indent=1) + "\n")
+            ours = set()
+    return ours | {p.name for p in out.glob("*.h5") if _is_prediction_file(p)} | {MANIFEST, LOCK_NAME}
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Files a user put into an earlier evaluation's folder move into the new one (linked, or copied);
+    the earlier evaluation's own files do not."""
+    ours = _ours(old)
+    for path in sorted(old.rglob("*")):
+        rel = path.relative_to(old)
+        if not path.is_file() or str(rel) in ours or (new / rel).exists():
+            continue
+        (new / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, new / rel)
+        except OSError:
+            shutil.copy2(path, new / rel)
+
+
+def _switch(partial: Path, out: Path) -> None:
+    """Put the complete evaluation in `partial` in place of `out` (the previous one is removed after)."""
+    if out.exists():
+        _carry_over(out, partial)
+        old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Partial folders of evaluations into `out` that were killed (we hold the lock: none is running)."""
+    for stale in out.parent.glob(f"{out.name}.partial-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.parent.glob(f"{out.name}.old-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def evaluate(cfg: Config, data: str | Path, out: str | Path, method: str = "network", module=None,
@@ -182,7 +209,9 @@ def evaluate(cfg: Config, data: str | Path, out: str | Path, method: str = "netw
     there is one and `tune` (`tuning.tune_baseline`); metrics.json records the values used and the search."""
     split_dir = resolve_split(data)
     out = Path(out)
-    _check_out(out, split_dir)
+    check_out(out, split_dir)
+    if method == "network":
+        check_device(device)
     if method not in ("network", "zero_filled"):
         from .tuning import GRIDS, tune_baseline, validation_split
 
@@ -194,15 +223,33 @@ def evaluate(cfg: Config, data: str | Path, out: str | Path, method: str = "netw
         extra = {**(extra or {}), "baseline_params": dict(baseline_params or {}),
                  "tuning": tuning or ("not tuned: settings given" if baseline_params else
                                       "not tuned: no val/ split beside the data (method defaults)")}
-    with folder_lock(out):
-        return _evaluate(cfg, split_dir, out, method, module, num_unrolls, num_figures, baseline_params, device,
-                         extra, progress)
+    made_parent = not out.parent.exists()
+    try:
+        with path_lock(out):
+            _remove_stale_partials(out)
+            partial = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+            try:
+                result = _evaluate(cfg, split_dir, partial, method, module, num_unrolls, num_figures,
+                                   baseline_params, device, extra, progress, final=out)
+                _switch(partial, out)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+    except BaseException:
+        if made_parent:  # an evaluation that failed leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+        raise
+    return result
 
 
 def _evaluate(cfg: Config, split_dir: Path, out: Path, method: str, module, num_unrolls: int | None,
               num_figures: int, baseline_params: dict | None, device: str, extra: dict | None,
-              progress: bool) -> dict[str, Any]:
-    ds = build_dataset(cfg, split_dir, progress)
+              progress: bool, final: Path | None = None) -> dict[str, Any]:
+    """Write the evaluation into `out`; paths recorded in the reports name `final`, where it will be."""
+    final = out if final is None else final
+    expected_by = f"the checkpoint {extra['checkpoint']}" if extra and extra.get("checkpoint") else "data.kind"
+    ds = build_dataset(cfg, split_dir, progress, expected_by=expected_by)
     target_kind = cfg.data.target
     written: list[Path] = []
     provenance = {"config": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
@@ -213,9 +260,11 @@ def _evaluate(cfg: Config, split_dir: Path, out: Path, method: str, module, num_
     equivariance: dict[str, float] | None = None
     if module is not None:
         module = module.to(device).eval()
+    prepare, here = batch_transform(cfg), device if method == "network" else "cpu"  # classical methods: numpy
     # disable=None: the bar shows on a terminal only (not in logs or pipes); progress=False hides it.
-    for batch in tqdm(DataLoader(ds, batch_size=1), desc=f"evaluate {method}", unit="item",
-                      disable=None if progress else True):
+    for loaded in tqdm(DataLoader(EpochTagged(ds, ds.transform), batch_size=1), desc=f"evaluate {method}",
+                       unit="item", disable=None if progress else True):
+        batch = prepare(loaded, device=here)  # the batch transform training and validation use
         A = SenseOp(batch.maps, batch.mask, fft_ndim)
         zero_filled = A.H(batch.kspace)
         start = time.perf_counter()
@@ -234,7 +283,8 @@ def _evaluate(cfg: Config, split_dir: Path, out: Path, method: str, module, num_
         acc.add_batch(batch, images)
     rows = []
     num_items = len(ds)
-    crop = cfg.data.kind in ("knee2d", "brain2d")
+    kind = get_kind(cfg.data.kind)
+    crop = kind.eval_crop
     figures = []
     paths = {fi.path.name: fi.path for fi in ds.files}
     reference_name = REFERENCES[target_kind]
@@ -255,13 +305,13 @@ def _evaluate(cfg: Config, split_dir: Path, out: Path, method: str, module, num_
         rows.append(dict(fname=fname, **m, acceleration=vol.acceleration,
                          effective_acceleration=vol.effective_acceleration, num_slices=vol.num_items,
                          seconds_per_slice=seconds / max(num_items, 1)))
-        if cfg.data.kind == "cine":  # the CMRxRecon challenge's scores and per-frame rows (evaluation/cine.py)
+        if kind.frames:  # the CMRxRecon challenge's scores and per-frame rows (evaluation/cine.py)
             rows[-1].update(challenge_metrics(target, recon))
             per_frame.extend(frame_rows(fname, target, recon))
         if len(figures) < num_figures:
             png = out / "figures" / f"{Path(fname).stem}.png"
             zf = vol.images["zero_filled"]
-            if cfg.data.kind == "cine":
+            if kind.frames:
                 save_cine_figure(png, target[0], zf[0], recon[0])
                 # x-t profile through the heart, error maps and a GIF of the middle slice (issue 12)
                 written.extend(save_cine_outputs(out / "figures", Path(fname).stem, target, zf, recon))
@@ -269,7 +319,7 @@ def _evaluate(cfg: Config, split_dir: Path, out: Path, method: str, module, num_
                 n = target.shape[0]
                 slices = sorted({n // 4, n // 2, (3 * n) // 4}) if n >= 3 else list(range(n))
                 save_comparison_grid(png, target, zf, recon, slices=slices, crop=crop)
-            figures.append(str(png))
+            figures.append(str(final / png.relative_to(out)))
             written.append(png)
     info = {"method": method, "data": str(split_dir), "reference": reference_name, "target": target_kind,
             "prediction": rule, "num_volumes": len(rows), "num_slices": num_items,
@@ -280,11 +330,16 @@ def _evaluate(cfg: Config, split_dir: Path, out: Path, method: str, module, num_
     if not rows:  # no file with a fully sampled reference: predictions only (fastMRI test/challenge data)
         report = {**info, "reference": None, "num_volumes": len(unscored)}
         written.append(write_text(out / "reconstructions.json", json.dumps(report, indent=2) + "\n"))
-        _replace_outputs(out, written)
+        _write_manifest(out, written)
         return report
     summary = summarize(rows)
     written.extend(write_metrics(out, rows, summary, extra=info))
     if per_frame:
         written.append(write_frame_csv(out, per_frame))
-    _replace_outputs(out, written)
+    _write_manifest(out, written)
     return {**summary, **info}
+
+
+def _write_manifest(out: Path, written: list[Path]) -> None:
+    """Record which files of OUT the evaluation wrote (a later one tells them from a user's files)."""
+    write_text(out / MANIFEST, json.dumps(sorted(str(p.relative_to(out)) for p in written), indent=1) + "\n")

@@ -15,15 +15,14 @@ import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from ..config import Config
+from ..data.build import build_dataset
+from ..data.kinds import get_kind
+from .baselines import BASELINES, classical_prediction
 from .metrics import evaluate_volume, summarize
-from .volumes import VolumeAccumulator
+from .volumes import VolumeAccumulator, volume_reference
 
-# CG-SENSE: Tikhonov weight (relative to ||A||^2) and CG iterations (early stopping regularises too);
-# L1-wavelet CS: the l1 weight (relative to max |A^H y|), 100 FISTA iterations.
-GRIDS: dict[str, dict[str, list]] = {
-    "sense": {"lam": [1e-4, 1e-3, 1e-2, 1e-1], "max_iter": [5, 10, 30]},
-    "cs": {"lam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]},
-}
+# The settings searched per method: each baseline's `grid` (baselines.py).
+GRIDS: dict[str, dict[str, list]] = {name: b.grid for name, b in BASELINES.items() if b.grid}
 
 
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
@@ -41,8 +40,6 @@ def spread(n: int, k: int) -> list[int]:
 def tune_baseline(cfg: Config, method: str, val_dir: str | Path, max_items: int = 8,
                   grid: dict[str, list] | None = None, progress: bool = False) -> dict[str, Any]:
     """Grid-search `method`'s settings on `val_dir`; returns {"params", "split", "metric", "grid", "scores"}."""
-    from .runner import build_dataset, classical_prediction, volume_reference
-
     grid = grid or GRIDS.get(method)
     if not grid:
         raise ValueError(f"no settings to tune for method {method!r} (tunable: {sorted(GRIDS)})")
@@ -51,7 +48,7 @@ def tune_baseline(cfg: Config, method: str, val_dir: str | Path, max_items: int 
     if not batches:
         raise ValueError(f"{val_dir}: no validation slice with a fully sampled reference to tune {method} on")
     paths = {fi.path.name: fi.path for fi in ds.files}
-    crop = cfg.data.kind in ("knee2d", "brain2d")
+    crop = get_kind(cfg.data.kind).eval_crop
     scores = []
     for params in grid_points(grid):
         acc = VolumeAccumulator({fi.path.name: fi.recon_size for fi in ds.files})

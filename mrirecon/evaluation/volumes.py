@@ -3,17 +3,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.layouts import TARGET
+from ..physics import rss
 from .metrics import center_crop
 
 
 def magnitude(x: Tensor) -> np.ndarray:
     """(M, *S) complex image -> (*S) float32 magnitude (RSS over ESPIRiT maps)."""
-    return torch.sqrt((x.detach().abs() ** 2).sum(0)).float().cpu().numpy()
+    return rss(x.detach(), 0).float().cpu().numpy()
 
 
 @dataclass
@@ -66,3 +70,15 @@ class VolumeAccumulator:
     def clear(self) -> None:
         self._items.clear()
         self._accel.clear()
+
+
+def volume_reference(vol: Volume, path: Path, target_kind: str) -> "np.ndarray | None":
+    """What a volume is scored against: for target rss the file's own `reconstruction_rss` (fastMRI's
+    reference, exactly) when the volume holds all its slices, else the transform's target magnitude;
+    None for a file without a fully sampled reference. (`path` may be no HDF5 file, e.g. other readers.)"""
+    target = vol.images.get("target")
+    if target_kind == "rss" and target is not None and Path(path).is_file() and h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            if TARGET in f and f[TARGET].shape == target.shape:
+                return f[TARGET][()]
+    return target

@@ -6,11 +6,12 @@ network or the training strategies.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from ..options import check_options
 
 
 class ProxNet(nn.Module):
@@ -83,16 +84,19 @@ def not_invertible_message(prox: nn.Module) -> str:
 P = TypeVar("P", bound=type)
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _NAMES: dict[Any, str] = {}  # class -> its registered name
+_RENAMED: dict[str, dict[str, str]] = {}  # prox name -> {old option name: new name} (configs and checkpoints)
 
 
-def register_prox(name: str) -> Callable[[P], P]:
+def register_prox(name: str, renamed: dict[str, str] | None = None) -> Callable[[P], P]:
     """Class decorator: register a prox under `name`. Its constructor takes `in_channels`, `conv_dims`
-    and the remaining config keys as keyword arguments."""
+    and the remaining config keys as keyword arguments. `renamed`: {old option name: new name}, so that
+    configs and checkpoints written with the old names still build."""
 
     def decorator(cls: P) -> P:
         if name in _REGISTRY:
             raise ValueError(f"prox name {name!r} is already registered (by {_REGISTRY[name].__name__})")
         _REGISTRY[name] = cls
+        _RENAMED[name] = dict(renamed or {})
         _NAMES.setdefault(cls, name)
         return cls
 
@@ -115,7 +119,7 @@ def build_prox(cfg: dict[str, Any], in_channels: int, conv_dims: int) -> nn.Modu
 
 def check_prox_config(cfg: dict[str, Any], conv_dims: int) -> tuple[str, dict[str, Any]]:
     """(name, options) of a prox config, checked without building it: a registered name, known options
-    and a supported `conv_dims`."""
+    (old names mapped to new ones) and a supported `conv_dims`. Values are the constructor's to check."""
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"prox config must be a dict with a 'name' key (one of {registered_prox()}), got {cfg!r}")
     options = dict(cfg)
@@ -124,12 +128,8 @@ def check_prox_config(cfg: dict[str, Any], conv_dims: int) -> tuple[str, dict[st
         raise ValueError(f"unknown prox name {name!r}; registered: {registered_prox()}")
     factory = _REGISTRY[name]
     # Name a misspelt option here rather than letting a TypeError surface from deep inside __init__.
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        allowed = set(params) - {"self", "in_channels", "conv_dims"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(f"prox {name!r}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    options = check_options(factory, options, f"prox {name!r}", skip=("in_channels", "conv_dims"),
+                            renamed=_RENAMED[name])
     supported = getattr(factory, "supported_conv_dims", (2, 3))
     if conv_dims in (2, 3) and conv_dims not in supported:
         layouts = {2: "2D images and ky-kz slices", 3: "3D volumes and cine"}

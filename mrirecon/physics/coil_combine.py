@@ -5,9 +5,12 @@ import torch
 from torch import Tensor
 
 
-def rss(x: Tensor, dim: int = 0) -> Tensor:
-    """Root-sum-of-squares over `dim` (coils, or ESPIRiT maps); works for complex and real input."""
-    return torch.sqrt((x.real**2 + x.imag**2).sum(dim) if x.is_complex() else (x**2).sum(dim))
+def rss(x: Tensor, dim: int = 0, eps: float = 0.0) -> Tensor:
+    """Root-sum-of-squares over `dim` (coils, or ESPIRiT maps); works for complex and real input. The one
+    magnitude of a multi-map or multi-coil image in the project. `eps` is added under the root (a finite
+    gradient at zero)."""
+    squares = (x.real**2 + x.imag**2).sum(dim) if x.is_complex() else (x**2).sum(dim)
+    return torch.sqrt(squares + eps) if eps else torch.sqrt(squares)
 
 
 def complex_to_channels(x: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
+"""`python -m mrirecon.synthetic ...`: the same as `mrirecon synth ...`."""
 import sys
 
-from .generator import main
+from ..cli.synth import main
 
-main(sys.argv[1:])
+sys.exit(main())

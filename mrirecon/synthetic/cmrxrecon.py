@@ -1,13 +1,13 @@
 """Synthetic cine written in the CMRxRecon challenge layout (MATLAB v7.3 files, read by
-`mrirecon.data.cmrxrecon`)."""
+`mrirecon.data.readers.cmrxrecon`)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Sequence
 
-from ..data.cmrxrecon import write_patient
 from ..data.layouts import KSPACE, SPLITS
+from ..data.readers.cmrxrecon import write_patient
 from .generator import _config, make_volume, split_counts
 
 

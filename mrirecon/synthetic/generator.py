@@ -1,9 +1,10 @@
 """Synthetic multi-coil MRI datasets, written in the on-disk layouts of `mrirecon.data.layouts`.
 
-    python -m mrirecon.synthetic --kind knee2d --out data/synthetic/knee2d
+    mrirecon synth --kind knee2d --out data/synthetic/knee2d
 
-Each volume: an anatomy-like complex image (`phantoms`: the built-in models, or for brain2d with
-`anatomy="mni152"` the MNI152 template), the sensitivities of a loop-coil array (`_coil_maps`: drawn per
+Each volume: an anatomy-like complex image (`phantoms`: the built-in models, or for brain2d the MNI152
+template (`anatomy="mni152"`), new brains synthesised from it (`"synth"`), or real scans shipped in
+installed packages (`"real"`, `real_scans`)), the sensitivities of a loop-coil array (`_coil_maps`: drawn per
 volume, not normalised, so the coil images carry a smooth bias field as real receive fields do), centred
 orthonormal FFT (the convention of `mrirecon.physics.fftc`), plus complex Gaussian measurement noise.
 `reconstruction_rss` is computed from the noisy, fully sampled k-space exactly as fastMRI does (RSS of the
@@ -21,11 +22,9 @@ three or more) and numbered across splits (knee2d_000.h5, ...). Volume i depends
 """
 from __future__ import annotations
 
-import argparse
+import json
 import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,10 +33,11 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..data.ismrmrd import make_header
+from ..data.kinds import get_kind, registered_kinds
 from ..data.layouts import CINE, FASTMRI, HEADER, KNEE3D, KSPACE, SPLITS, TARGET
-from . import phantoms
-
-KINDS = ("knee2d", "brain2d", "knee3d", "cine")
+# By full module name: `from . import phantoms` names the package, whose __init__ imports this module (a circle to the import graph).
+import mrirecon.synthetic.phantoms as phantoms
+import mrirecon.synthetic.real_scans as real_scans
 
 # Small enough that a demo trains on a 2-core CPU in minutes. size: recon (rH, rW) for knee2d/brain2d
 # (k-space is (2 rH, rW): readout 2x oversampled), (X, Ky, Kz) for knee3d, (H, W) for cine.
@@ -47,14 +47,20 @@ DEFAULTS: dict[str, dict] = {
     "knee3d": dict(volumes=10, coils=8, size=(32, 64, 48), noise=0.01),
     "cine": dict(volumes=10, coils=8, slices=2, frames=12, size=(64, 64), noise=0.01),
 }
+# The data kinds (mrirecon/data/kinds.py) this generator synthesises; their order fixes each kind's random stream.
+KINDS = tuple(DEFAULTS)
 
 # Written into every file (attr `generator_version`): 2 = per-volume noise level, coil array with bias field,
 # tissue and texture jitter (version 1, without the attr: fixed noise, normalised birdcage maps).
 GENERATOR_VERSION = 2
 
 # Where the anatomy comes from: the built-in models (`phantoms`), or, for brain2d, the MNI ICBM152 2009a
-# template read from the installed nilearn package (`phantoms.brain2d_mni152`).
-ANATOMIES = ("model", "mni152")
+# template read from the installed nilearn package (`phantoms.brain2d_mni152`), new brains synthesised from
+# it (`phantoms.brain2d_synth`: random deformation, contrast, bias field, resolution), or real scans shipped
+# inside installed packages (`real_scans`; test split only).
+ANATOMIES = ("model", "mni152", "synth", "real")
+# The randomisations of `--anatomy synth` that `synth_off` can switch off (for ablations).
+SYNTH_PARTS = ("deformation", "contrast")
 
 KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
 # Roughly the mix of the fastMRI brain set (mostly T2 and post-contrast T1).
@@ -198,9 +204,24 @@ def _fastmri_volume(kind: str, rng: np.random.Generator, cfg: dict) -> tuple[dic
     else:
         acq = str(rng.choice(list(BRAIN_ACQUISITIONS), p=list(BRAIN_ACQUISITIONS.values())))
         fov = phantoms.BRAIN_FOV_MM / cfg.get("zoom", 1.0)
-        if cfg.get("anatomy", "model") == "mni152":
+        anatomy = cfg.get("anatomy", "model")
+        if anatomy == "mni152":
             img, affine = phantoms.brain2d_mni152(rng, slices, (rH, rW), acq, fov_mm=fov)
             extra["mni152_affine"] = affine  # (slice, row, col, 1) of reconstruction_rss -> MNI mm
+        elif anatomy == "synth":
+            off = cfg.get("synth_off", ())
+            img, affine, draw = phantoms.brain2d_synth(rng, slices, (rH, rW), acq, fov_mm=fov,
+                                                       deform="deformation" not in off,
+                                                       random_contrast="contrast" not in off)
+            extra.update(mni152_affine=affine, synth_draw=json.dumps(draw), synth_off=",".join(off))
+        elif anatomy == "real":  # the shipped scans in turn
+            name = list(real_scans.REAL_SCANS)[cfg["index"] % len(real_scans.REAL_SCANS)]
+            scan = real_scans.REAL_SCANS[name]
+            mag, draw = real_scans.brain2d_real(rng, name, slices, (rH, rW), fov_mm=fov)
+            img = (mag * np.exp(1j * phantoms.stack_phase(rng, slices, (rH, rW)))).astype(np.complex64)
+            acq = scan.acquisition
+            extra.update(real_scan=name, real_scan_source=f"{scan.package}/{scan.path}",
+                         real_scan_contrast=scan.contrast, real_scan_draw=json.dumps(draw))
         else:
             img = phantoms.brain2d(rng, slices, (rH, rW), acq, fov_mm=fov)
     H, W = 2 * rH, rW
@@ -250,9 +271,9 @@ def _cine_volume(rng: np.random.Generator, cfg: dict) -> tuple[dict, dict]:
 
 def make_volume(kind: str, index: int, seed: int = 0, **settings) -> tuple[dict[str, np.ndarray], dict]:
     """Datasets and attrs of volume `index` of a synthetic `kind` set; depends only on (seed, kind, index)."""
-    cfg = _config(kind, **settings)
+    cfg = {**_config(kind, **settings), "index": index}
     rng = np.random.default_rng([seed, KINDS.index(kind), index])
-    if kind in ("knee2d", "brain2d"):
+    if get_kind(kind).layout is FASTMRI:
         data, attrs = _fastmri_volume(kind, rng, cfg)
     elif kind == "knee3d":
         data, attrs = _knee3d_volume(rng, cfg)
@@ -260,18 +281,21 @@ def make_volume(kind: str, index: int, seed: int = 0, **settings) -> tuple[dict[
         data, attrs = _cine_volume(rng, cfg)
     target = data[TARGET]
     anatomy = cfg.get("anatomy", "model")
+    tag = "-".join([anatomy] + ([attrs["real_scan"]] if "real_scan" in attrs else [])
+                   + [f"no{part}" for part in cfg.get("synth_off", ())])
     attrs.update(max=float(target.max()), norm=float(np.linalg.norm(target)), anatomy=anatomy,
                  generator_version=GENERATOR_VERSION,
-                 patient_id=f"synthetic-{kind}{'-' + anatomy if anatomy != 'model' else ''}-seed{seed}-{index:03d}")
+                 patient_id=f"synthetic-{kind}{'-' + tag if anatomy != 'model' else ''}-seed{seed}-{index:03d}")
     return data, attrs
 
 
 def _config(kind: str, volumes: int | None = None, coils: int | None = None, slices: int | None = None,
             frames: int | None = None, size: tuple[int, ...] | None = None, noise: float | None = None,
-            zoom: float | None = None, anatomy: str | None = None) -> dict:
+            zoom: float | None = None, anatomy: str | None = None, synth_off: tuple[str, ...] | None = None) -> dict:
     """Defaults of `kind` overridden by the given settings, validated (ValueError names the setting)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        what = "no synthetic generator for data kind" if kind in registered_kinds() else "unknown kind"
+        raise ValueError(f"{what} {kind!r}; choose one of {', '.join(KINDS)}")
     cfg = dict(DEFAULTS[kind])
     given = dict(volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise, zoom=zoom)
     for name, value in given.items():
@@ -296,9 +320,17 @@ def _config(kind: str, volumes: int | None = None, coils: int | None = None, sli
         if anatomy not in ANATOMIES:
             raise ValueError(f"--anatomy must be one of {', '.join(ANATOMIES)}, got {anatomy!r}")
         if kind != "brain2d":
-            raise ValueError(f"--anatomy {anatomy} draws brains from the MNI152 template: it applies to kind brain2d "
+            source = "real brain scans" if anatomy == "real" else "brains from the MNI152 template"
+            raise ValueError(f"--anatomy {anatomy} draws {source}: it applies to kind brain2d "
                              f"only, not {kind} (use --anatomy model)")
         cfg["anatomy"] = anatomy
+    if synth_off:
+        if cfg.get("anatomy") != "synth":
+            raise ValueError(f"--synth-off switches off parts of --anatomy synth, not of --anatomy {anatomy or 'model'}")
+        unknown = [part for part in synth_off if part not in SYNTH_PARTS]
+        if unknown:
+            raise ValueError(f"--synth-off: unknown part(s) {', '.join(unknown)}; choose from {', '.join(SYNTH_PARTS)}")
+        cfg["synth_off"] = tuple(part for part in SYNTH_PARTS if part in synth_off)
     return cfg
 
 
@@ -312,7 +344,7 @@ def undersample_for_test(data: dict, attrs: dict, name: str, acceleration: int) 
     no `reconstruction_rss` (nor its max / norm attrs)."""
     import torch
 
-    from ..data.subsample import RandomMask1D, apply_mask, seed_from_name
+    from ..data.masks import RandomMask1D, apply_mask, seed_from_name
 
     if acceleration not in TEST_CENTER_FRACTIONS:
         raise ValueError(f"--undersampled-test: acceleration {acceleration} is not one of fastMRI's "
@@ -335,8 +367,9 @@ def _write_h5(path: Path, datasets: dict[str, np.ndarray], attrs: dict) -> None:
             hf.attrs.update(attrs)
 
 
-def _prepare_folders(out: Path, overwrite: bool) -> dict[str, Path]:
-    folders = {split: out / split for split in SPLITS}
+def _prepare_folders(out: Path, overwrite: bool, splits=SPLITS) -> dict[str, Path]:
+    """The split folders that will get files (only those are created, emptied with `overwrite`)."""
+    folders = {split: out / split for split in splits}
     for folder in folders.values():
         if folder.exists() and not folder.is_dir():
             raise FileExistsError(f"{folder} exists and is not a folder")
@@ -355,7 +388,8 @@ def generate(kind: str, out: str | os.PathLike, volumes: int | None = None, seed
              coils: int | None = None, slices: int | None = None, frames: int | None = None,
              size: tuple[int, ...] | None = None, noise: float | None = None,
              overwrite: bool = False, progress: bool = False, zoom: float | None = None,
-             undersampled_test: int | None = None, anatomy: str | None = None) -> dict[str, list[Path]]:
+             undersampled_test: int | None = None, anatomy: str | None = None,
+             synth_off: tuple[str, ...] | None = None, test_only: bool = False) -> dict[str, list[Path]]:
     """Write a synthetic `kind` dataset under out/{train,val,test}; returns the files per split.
 
     Unset settings take DEFAULTS[kind]. Raises FileExistsError (naming the folder) when a split folder is
@@ -363,22 +397,27 @@ def generate(kind: str, out: str | os.PathLike, volumes: int | None = None, seed
     The same (kind, seed, settings) always gives byte-identical arrays. `progress`: a progress bar over
     the volumes (on a terminal). `undersampled_test` (knee2d/brain2d: 4 or 8): the test split is written
     as fastMRI's test/challenge files are (`undersample_for_test`), to be reconstructed, not scored.
-    `anatomy` (ANATOMIES): "mni152" draws brain2d volumes from the MNI152 template instead of the model."""
+    `anatomy` (ANATOMIES): "mni152" draws brain2d volumes from the MNI152 template instead of the model,
+    "synth" new brains from it (`synth_off`: SYNTH_PARTS of its randomisation switched off), "real" the
+    real scans of `real_scans` in turn, all written into the test split (they are never for training).
+    `test_only`: every volume goes into the test split (a held-out test set)."""
     cfg = _config(kind, volumes=volumes, coils=coils, slices=slices, frames=frames, size=size, noise=noise,
-                  zoom=zoom, anatomy=anatomy)
+                  zoom=zoom, anatomy=anatomy, synth_off=synth_off)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
     n = cfg.pop("volumes")
-    if undersampled_test is not None and kind not in ("knee2d", "brain2d"):
+    if undersampled_test is not None and get_kind(kind).layout is not FASTMRI:
         raise ValueError(f"--undersampled-test applies to knee2d and brain2d (fastMRI's layout), not {kind}")
     if undersampled_test is not None and undersampled_test not in TEST_CENTER_FRACTIONS:
         raise ValueError(f"--undersampled-test: acceleration {undersampled_test} is not one of fastMRI's "
                          f"{sorted(TEST_CENTER_FRACTIONS)}")  # checked before any file is written
-    folders = _prepare_folders(Path(out), overwrite)
+    splits = [split for split, count in zip(SPLITS, split_counts(n)) for _ in range(count)]
+    if test_only or cfg.get("anatomy") == "real":
+        splits = ["test"] * n
+    folders = _prepare_folders(Path(out), overwrite, ["test"] if set(splits) == {"test"} else SPLITS)
     files: dict[str, list[Path]] = {split: [] for split in SPLITS}
     from tqdm import tqdm
 
-    splits = [split for split, count in zip(SPLITS, split_counts(n)) for _ in range(count)]
     for index, split in enumerate(tqdm(splits, desc=f"synthetic {kind}", unit="volume",
                                        disable=None if progress else True)):
         data, attrs = make_volume(kind, index, seed, **cfg)
@@ -405,87 +444,3 @@ def summary(files: dict[str, list[Path]]) -> str:
         lines.append(f"{split:>5}: {len(paths):3d} files in {folder}{shapes}")
     lines.append(f"total {total / 2**20:.1f} MiB")
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    defaults = "\n".join(f"  {k:8s} " + ", ".join(f"{n}={v}" for n, v in d.items()) for k, d in DEFAULTS.items())
-    p = argparse.ArgumentParser(
-        prog="python -m mrirecon.synthetic",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Write a synthetic multi-coil MRI dataset (anatomy-like phantoms, loop-coil arrays, noise) as\n"
-            "DIR/train, DIR/val, DIR/test (~70/15/15) in the layouts of mrirecon/data/layouts.py:\n"
-            "  knee2d, brain2d  fastMRI multi-coil: kspace (slices, coils, 2*rH, rW) complex64 (readout 2x\n"
-            "                   oversampled), reconstruction_rss (slices, rH, rW), ismrmrd_header\n"
-            "  knee3d           hybrid 3D: kspace (X, coils, Ky, Kz), readout already in image space,\n"
-            "                   reconstruction_rss (X, Ky, Kz)\n"
-            "  cine             kspace (slices, frames, coils, H, W), reconstruction_rss (slices, frames, H, W),\n"
-            "                   frames span one heartbeat (attr frame_period_ms)\n"
-            "attrs: acquisition, max, norm (of reconstruction_rss), patient_id, anatomy, noise_level, noise_sigma\n"
-            "(brain2d --anatomy mni152: also mni152_affine, (slice, row, col, 1) -> MNI mm)."),
-        epilog=(f"defaults:\n{defaults}\n\nexample:\n"
-                "  python -m mrirecon.synthetic --kind knee2d --out data/synthetic/knee2d --volumes 20"))
-    p.add_argument("--kind", required=True, choices=KINDS, help="anatomy and layout")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (split folders go inside)")
-    p.add_argument("--volumes", type=int, help="number of volumes (files) over all splits")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same arrays (default 0)")
-    p.add_argument("--coils", type=int, help="receive coils")
-    p.add_argument("--slices", type=int, help="slices per volume (knee2d, brain2d, cine)")
-    p.add_argument("--frames", type=int, help="cardiac frames over one heartbeat (cine)")
-    p.add_argument("--size", type=int, nargs="+", metavar="N",
-                   help="image size: rH rW (recon size; k-space is 2*rH x rW) for knee2d/brain2d, "
-                        "X Ky Kz for knee3d, H W for cine")
-    p.add_argument("--noise", type=float, metavar="SIGMA",
-                   help="median k-space noise std relative to the image maximum (complex, E|n|^2 = sigma^2); each "
-                        "volume draws its level log-uniformly in [SIGMA/2, 2 SIGMA] (attrs noise_level, noise_sigma)")
-    p.add_argument("--zoom", type=float, metavar="Z",
-                   help="knee2d/brain2d: field of view divided by Z, so the anatomy looks Z times larger (default 1)")
-    p.add_argument("--anatomy", choices=ANATOMIES, default=None,
-                   help="model: the built-in anatomical phantoms (default); mni152 (brain2d only): axial slabs of the "
-                        "MNI ICBM152 2009a template as redistributed in the nilearn package (read from the installed "
-                        "package, not copied), under a random rigid transform, with synthesised contrast")
-    p.add_argument("--undersampled-test", type=int, metavar="R", choices=sorted(TEST_CENTER_FRACTIONS),
-                   help="knee2d/brain2d: write the test split as fastMRI's test files (undersampled k-space at R, "
-                        "its `mask`, no reconstruction_rss)")
-    p.add_argument("--layout", choices=("h5", "cmrxrecon"), default="h5",
-                   help="cine only: cmrxrecon writes the CMRxRecon challenge layout (MATLAB v7.3 .mat files in "
-                        "MultiCoil/Cine/TrainingSet/{FullSample,AccFactor04,08,10}/Pnnn, mrirecon/data/cmrxrecon.py)")
-    p.add_argument("--overwrite", action="store_true", help="replace .h5 files in non-empty split folders")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
-    """Command-line entry point; returns the files written per split."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    if args.layout == "cmrxrecon":  # the CMRxRecon challenge layout (issue 12)
-        from .cmrxrecon import generate_cmrxrecon
-
-        if args.kind != "cine" or args.zoom is not None or args.undersampled_test is not None or args.anatomy:
-            parser.exit(2, f"{parser.prog}: error: --layout cmrxrecon writes cine data only (--kind cine, "
-                        "no --zoom / --undersampled-test)\n")
-        try:
-            files = generate_cmrxrecon(args.out, args.volumes, args.seed, overwrite=args.overwrite, coils=args.coils,
-                                       slices=args.slices, frames=args.frames, noise=args.noise,
-                                       size=None if args.size is None else tuple(args.size))
-        except (ValueError, FileExistsError) as e:
-            parser.exit(2, f"{parser.prog}: error: {e}\n")
-        print(f"cine (cmrxrecon layout): wrote {sum(map(len, files.values()))} patients in "
-              f"{time.perf_counter() - start:.1f} s under {args.out}/{{train,val,test}}/MultiCoil/Cine/TrainingSet")
-        return files
-    try:
-        files = generate(args.kind, args.out, args.volumes, args.seed, coils=args.coils, slices=args.slices,
-                         frames=args.frames, size=None if args.size is None else tuple(args.size),
-                         noise=args.noise, overwrite=args.overwrite, progress=not args.no_progress, zoom=args.zoom,
-                         undersampled_test=args.undersampled_test, anatomy=args.anatomy)
-    except (ValueError, FileExistsError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    print(f"{args.kind}: wrote {sum(map(len, files.values()))} volumes in {time.perf_counter() - start:.1f} s")
-    print(summary(files))
-    return files
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .deformation import Deformation, exponentiate, local_scaling, random_field, taper
+
 F32 = np.float32
 
 KNEE_FOV_MM = 140.0                     # fastMRI coronal knee
@@ -238,7 +240,7 @@ def smooth_phase(rng: np.random.Generator, shape: tuple[int, ...], scale: float 
     return phi
 
 
-def _stack_phase(rng: np.random.Generator, slices: int, shape: tuple[int, int]) -> np.ndarray:
+def stack_phase(rng: np.random.Generator, slices: int, shape: tuple[int, int]) -> np.ndarray:
     """(slices, H, W) phase: one in-plane polynomial that drifts slowly across slices."""
     base = smooth_phase(rng, shape)
     drift = smooth_phase(rng, shape, scale=0.3)
@@ -364,7 +366,7 @@ def knee2d(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 
     if rng.random() < 0.5:  # left or right knee
         P[..., 0] *= -1
     mag = _knee(P, rng, t, fov_mm / max(shape)) * _fine_texture(P, rng, fov_mm / max(shape))
-    return _complex(mag, _stack_phase(rng, slices, shape))
+    return _complex(mag, stack_phase(rng, slices, shape))
 
 
 def knee3d(rng: np.random.Generator, shape: tuple[int, int, int] = (32, 64, 48),
@@ -449,7 +451,7 @@ def brain2d(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64,
     P = _stack_grid(slices, shape, fov_mm, spacing, "axial")
     P = _place(P, rng, max_deg=(4, 4, 8), max_shift_mm=(8, 10, 8), scale_range=(0.9, 1.1), center=(0, -5, 22))
     mag = _brain(P, rng, t, fov_mm / max(shape)) * _fine_texture(P, rng, fov_mm / max(shape))
-    return _complex(mag, _stack_phase(rng, slices, shape))
+    return _complex(mag, stack_phase(rng, slices, shape))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -533,7 +535,23 @@ def brain2d_mni152(rng: np.random.Generator, slices: int, shape: tuple[int, int]
     skull surface (the template is skull-stripped). Phase, textures and fine grain as `brain2d`."""
     t = _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition, "brain", rng)
     tex = _subject_texture(rng)
-    template = mni152()
+    slab = _mni_slab(rng, slices, shape, fov_mm)
+    mag = _template_head(rng, slab, t, tex) * _fine_texture(slab.A, rng, slab.pix)
+    return _complex(mag, stack_phase(rng, slices, shape)), slab.affine
+
+
+class _Slab(NamedTuple):
+    """A stack's voxel centres in MNI mm (A: (slices, H, W, 3)), the offsets of its partial-volume samples
+    (sub: (n, 3) mm), pixel size and slice spacing (mm), and the (slice, row, col, 1) -> MNI mm affine."""
+    A: np.ndarray
+    sub: np.ndarray
+    pix: float
+    spacing: float
+    affine: np.ndarray
+
+
+def _mni_slab(rng: np.random.Generator, slices: int, shape: tuple[int, int], fov_mm: float) -> _Slab:
+    """A random axial slab of MNI space: centre z uniform in [5, 40] mm, rigid transform with +-10% scaling."""
     spacing, pix = slice_spacing_mm("brain2d", slices), fov_mm / max(shape)
     P = _stack_grid(slices, shape, fov_mm, spacing, "axial")
     M, shift = _placement(rng, max_deg=(6, 6, 10), max_shift_mm=(5, 8, 0), scale_range=(0.9, 1.1),
@@ -541,14 +559,31 @@ def brain2d_mni152(rng: np.random.Generator, slices: int, shape: tuple[int, int]
     A = P @ M + shift  # MNI mm of the voxel centres
     sub = np.array([(dx, dy, dz) for dx in (-pix / 4, pix / 4) for dy in (-pix / 4, pix / 4)
                     for dz in (-spacing / 3, 0.0, spacing / 3)], F32) @ M
+    steps = np.array([[0, 0, spacing], [0, -pix, 0], [pix, 0, 0]], np.float64) @ M  # (slice, row, col) steps
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = steps.T, A[0, 0, 0]
+    return _Slab(A, sub, pix, spacing, affine)
+
+
+def _template_head(rng: np.random.Generator, slab: _Slab, t: dict, tex, displacement=None) -> np.ndarray:
+    """Magnitude of the template head at the slab's voxels, tissues looked up at MNI mm + `displacement`
+    (slices, H, W, 3) of a deformation at the voxel centres (its sub-voxel change is neglected), or none:
+    GM / WM fractions averaged over the partial-volume samples, CSF = inside the skull minus both, skull and
+    scalp shells around the (warped) inner skull surface; textures move with the scanner grid (they are
+    random anyway)."""
+    template, A, pix = mni152(), slab.A, slab.pix
     to_vox = template.to_voxel.astype(F32)
+    moved = A if displacement is None else A + displacement
+
+    def index(points: np.ndarray) -> np.ndarray:
+        return np.moveaxis(points @ to_vox[:3, :3].T + to_vox[:3, 3], -1, 0)
+
     frac = {"gm": 0.0, "wm": 0.0}
-    for d in sub:  # partial volume: mean tissue fractions over the voxel
-        idx = np.moveaxis((A + d) @ to_vox[:3, :3].T + to_vox[:3, 3], -1, 0)
+    for d in slab.sub:  # partial volume: mean tissue fractions over the voxel
+        idx = index(moved + d)
         for name in frac:
-            frac[name] = frac[name] + _sample(getattr(template, name), idx) / F32(255 * len(sub))
-    idx = np.moveaxis(A @ to_vox[:3, :3].T + to_vox[:3, 3], -1, 0)
-    d_skull = _sample(template.skull, (idx - F32(template.skull_offset)) / F32(_MNI_STEP), cval=1e3)
+            frac[name] = frac[name] + _sample(getattr(template, name), idx) / F32(255 * len(slab.sub))
+    d_skull = _sample(template.skull, (index(moved) - F32(template.skull_offset)) / F32(_MNI_STEP), cval=1e3)
     d_skull = d_skull + F32(0.8) * _texture(A, rng, 40, pix)  # the skull is not a smoothed brain: let it wander
 
     w = 0.45 * pix
@@ -563,14 +598,90 @@ def brain2d_mni152(rng: np.random.Generator, slices: int, shape: tuple[int, int]
     csf = np.clip(inside - gm - wm, 0, 1)
     brain = (wm * t["wm"] * (1 + 0.03 * tex(A, 10, pix)) + gm * t["gm"] * (1 + 0.05 * tex(A, 5, pix))
              + csf * t["csf"])
-    mag = (cv.img * (1 - inside) + brain) * _fine_texture(A, rng, pix)
-    img = _complex(mag, _stack_phase(rng, slices, shape))
+    return cv.img * (1 - inside) + brain
 
-    # (slice, row, col) -> MNI mm: the voxel grid of `_stack_grid`, then the placement
-    steps = np.array([[0, 0, spacing], [0, -pix, 0], [pix, 0, 0]], np.float64) @ M
-    affine = np.eye(4)
-    affine[:3, :3], affine[:3, 3] = steps.T, A[0, 0, 0]
-    return img, affine
+
+# ----------------------------------------------------------------------------------------------------
+# Brains synthesised from the template (domain randomisation, as SynthSeg does for segmentation:
+# Billot et al., Medical Image Analysis 2023): every volume a new anatomy and a new contrast
+# ----------------------------------------------------------------------------------------------------
+
+# Random contrast: each tissue's signal uniform in SYNTH_INTENSITY, independently (T1-, T2-, PD-, FLAIR-like
+# orderings and every other one); cortical bone has no signal on any sequence: uniform in SYNTH_BONE.
+SYNTH_TISSUES = ("wm", "gm", "csf", "scalp", "diploe")
+SYNTH_INTENSITY, SYNTH_BONE = (0.05, 1.0), (0.0, 0.08)
+# Deformation (stationary velocity field, `deformation`): the largest velocity of a coarse field (shape,
+# correlation SYNTH_COARSE_MM) and of a fine one (cortical folding position, SYNTH_FINE_MM), in mm, and the
+# ventricles' linear size factor, log-uniform (at their centre).
+SYNTH_COARSE_MM, SYNTH_COARSE_MAX = 20.0, (0.0, 12.0)
+SYNTH_FINE_MM, SYNTH_FINE_MAX = 6.0, (0.0, 3.0)
+SYNTH_VENTRICLES = (0.7, 1.6)
+_VENTRICLE_CENTRE, _VENTRICLE_RADII = (0.0, -10.0, 15.0), (22.0, 38.0, 18.0)  # MNI mm, lateral ventricles (a node)
+# The velocity grid (MNI mm): the template's head with its scalp in x and y, z over every slab `_mni_slab`
+# draws (centre 5-40 mm, 60 mm stacks, tilted), 5 mm nodes.
+_SVF_ORIGIN, _SVF_SHAPE, _SVF_STEP = np.array([-105.0, -140.0, -60.0], F32), (43, 51, 36), 5.0
+# Bias field: exp of a smooth random field, within [1 / b, b] with b uniform in [1, SYNTH_BIAS_MAX];
+# in-plane resolution: Gaussian blur of std uniform in [0, SYNTH_BLUR_PX] pixels per axis.
+SYNTH_BIAS_MAX, SYNTH_BIAS_MM = 1.5, 160.0
+SYNTH_BLUR_PX = 1.0
+
+
+def synth_deformation(rng: np.random.Generator, draw: dict) -> Deformation:
+    """A random diffeomorphism of MNI space (coarse + fine smooth fields and a ventricle scaling, one
+    stationary velocity field exponentiated); its parameters go into `draw`."""
+    coarse = float(rng.uniform(*SYNTH_COARSE_MAX))
+    fine = float(rng.uniform(*SYNTH_FINE_MAX))
+    vents = float(np.exp(rng.uniform(*np.log(SYNTH_VENTRICLES))))
+    v = (F32(coarse) * random_field(rng, _SVF_SHAPE, _SVF_STEP, SYNTH_COARSE_MM)
+         + F32(fine) * random_field(rng, _SVF_SHAPE, _SVF_STEP, SYNTH_FINE_MM)
+         # phi pulls the template: scaling it by 1/s around the ventricles shows them s times larger
+         + local_scaling(_SVF_SHAPE, _SVF_ORIGIN, _SVF_STEP, _VENTRICLE_CENTRE, _VENTRICLE_RADII,
+                                     -np.log(vents)))
+    v *= taper(_SVF_SHAPE, 3)
+    draw.update(coarse_mm=coarse, fine_mm=fine, ventricle_scale=vents)
+    return exponentiate(v, _SVF_ORIGIN, _SVF_STEP, squarings=5)
+
+
+def synth_intensities(rng: np.random.Generator) -> dict:
+    """Random tissue signals (SYNTH_INTENSITY; bone SYNTH_BONE), independent per tissue."""
+    t = {name: float(rng.uniform(*SYNTH_INTENSITY)) for name in SYNTH_TISSUES}
+    t["skull"] = float(rng.uniform(*SYNTH_BONE))
+    return t
+
+
+def bias_field(rng: np.random.Generator, A: np.ndarray, pix: float, draw: dict) -> np.ndarray:
+    """Smooth multiplicative field over the stack (transmit inhomogeneity), within [1/b, b]."""
+    b = float(rng.uniform(1.0, SYNTH_BIAS_MAX))
+    field = _texture(A, rng, SYNTH_BIAS_MM, pix, modes=8)
+    draw["bias_max"] = b
+    return np.exp(F32(np.log(b)) * field / F32(max(np.abs(field).max(), 1e-6))).astype(F32)
+
+
+def brain2d_synth(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (64, 64),
+                  acquisition: str = "AXT2", fov_mm: float = BRAIN_FOV_MM, deform: bool = True,
+                  random_contrast: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Axial stack (slices, H, W) complex64 of a new brain drawn from the MNI152 template's tissue maps,
+    the 4x4 affine of its slab in MNI mm (before the deformation), and what was drawn (a dict).
+
+    As `brain2d_mni152` (slab, rigid transform with +-10% scaling, partial volume, skull and scalp shells),
+    plus: the template warped by a random diffeomorphism (`synth_deformation`; `deform`), tissue signals
+    drawn at random (`synth_intensities`; without `random_contrast`, the protocol's table jittered as
+    `brain2d_mni152` does), a bias field (`bias_field`) and an in-plane blur (random resolution)."""
+    from scipy import ndimage
+
+    draw: dict = {"deformed": bool(deform), "contrast": "random" if random_contrast else "protocol"}
+    t = synth_intensities(rng) if random_contrast else _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition,
+                                                                  "brain", rng)
+    draw["intensities"] = {k: float(v) for k, v in t.items()}
+    tex = _subject_texture(rng)
+    slab = _mni_slab(rng, slices, shape, fov_mm)
+    displacement = synth_deformation(rng, draw).displacement_at(slab.A) if deform else None
+    mag = _template_head(rng, slab, t, tex, displacement) * bias_field(rng, slab.A, slab.pix, draw)
+    blur = rng.uniform(0.0, SYNTH_BLUR_PX, 2)
+    draw["blur_px"] = [float(b) for b in blur]
+    mag = ndimage.gaussian_filter(mag, (0.0, *blur), mode="constant", truncate=3.0)
+    mag = mag * _fine_texture(slab.A, rng, slab.pix)
+    return _complex(mag, stack_phase(rng, slices, shape)), slab.affine, draw
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -660,5 +771,5 @@ def cine(rng: np.random.Generator, slices: int, frames: int, shape: tuple[int, i
     levels = np.linspace(base, base + min(0.6, 0.15 * (slices - 1)), slices) if slices > 1 else np.array([base + 0.2])
     s = contraction(np.arange(frames) * cycles / frames)
     mag = _cine(P, s, levels.astype(F32), rng, jitter_tissues(rng, CINE_TISSUES), pix)
-    phase = _stack_phase(rng, slices, shape)[:, None]  # static: the same for every frame
+    phase = stack_phase(rng, slices, shape)[:, None]  # static: the same for every frame
     return _complex(mag, phase)

@@ -1,6 +1,7 @@
-"""Training strategies (e2e, checkpoint, invertible/MEL, gleam) and memory measurement, in plain PyTorch."""
-from .strategies import (STRATEGIES, Checkpointed, EndToEnd, Greedy, Invertible, Strategy, build_strategy,
-                         default_optimizers, greedy_modules)
+"""Training: strategies (e2e, checkpoint, invertible/MEL, gleam; one module each, registered by name), the
+LightningModule, the run (run folder, checkpoints, stops) and memory measurement."""
+from .strategies import (Checkpointed, EndToEnd, Gleam, Invertible, Strategy, build_strategy, default_optimizers,
+                         greedy_modules, register_strategy, registered_strategies)
 
-__all__ = ["STRATEGIES", "Checkpointed", "EndToEnd", "Greedy", "Invertible", "Strategy", "build_strategy",
-           "default_optimizers", "greedy_modules"]
+__all__ = ["Checkpointed", "EndToEnd", "Gleam", "Invertible", "Strategy", "build_strategy", "default_optimizers",
+           "greedy_modules", "register_strategy", "registered_strategies"]

@@ -71,6 +71,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", require_
     if not isinstance(ckpt, dict):
         raise CheckpointError(p, f"holds a {type(ckpt).__name__}, not a checkpoint dict")
     if require_mrirecon:
+        if "stage" in ckpt and "modules" in ckpt:  # a pipeline stage's own part (distributed/pipeline.py)
+            merged = p.parent.parent / "last.ckpt" if p.parent.name == "stages" else "RUN/checkpoints/last.ckpt"
+            raise CheckpointError(p, f"is pipeline stage {ckpt['stage']}'s part of a checkpoint (the weights of GLEAM "
+                                     f"modules {[m + 1 for m in ckpt['modules']]} only); use the merged checkpoint "
+                                     f"of the whole network: {merged} (or best-epoch<e>.ckpt beside it)")
         hp = ckpt.get("hyper_parameters")
         if not isinstance(hp, dict) or not isinstance(hp.get("config"), dict) or "state_dict" not in ckpt:
             raise CheckpointError(p, "not an mrirecon checkpoint (no hyper_parameters.config / state_dict inside)")

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from ..evaluation.metrics import SSIMLoss
+from ..physics import rss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean complex magnitude of the error, |pred - target| (GLEAM's L1 on complex images)."""
+    """Mean modulus of the complex error, |pred - target| (GLEAM's L1 on complex images; unlike an L1 of
+    magnitudes, ||pred| - |target||, it also penalises phase errors)."""
     return (pred - target).abs().mean()
 
 
@@ -27,8 +28,8 @@ class SSIMImageLoss:
         self.ssim = SSIMLoss()
 
     def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
-        p = torch.sqrt((pred.abs() ** 2).sum(1) + 1e-12)
-        t = torch.sqrt((target.abs() ** 2).sum(1))
+        p = rss(pred, 1, eps=1e-12)  # eps: a finite gradient where the image is exactly zero
+        t = rss(target, 1)
         return self.ssim(p.reshape(-1, *p.shape[-2:]), t.reshape(-1, *t.shape[-2:]))
 
 

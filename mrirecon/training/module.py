@@ -11,14 +11,16 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from ..config import GREEDY, Config, TrainConfig, from_dict
-from ..distributed.gradients import GradientAveraging, data_parallel_world
+from ..config import Config, from_dict
+from ..data.kinds import get_kind
+from .data_parallel import GradientAveraging, data_parallel_world
 from ..evaluation.metrics import evaluate_volume, summarize
 from ..evaluation.volumes import VolumeAccumulator
 from ..models.build import build_network
 from .guards import FiniteGuard
 from .losses import build_loss
-from .strategies import build_strategy
+from .optim import build_optimizers
+from .strategies import build_configured_strategy
 
 
 class ReconModule(pl.LightningModule):
@@ -28,11 +30,7 @@ class ReconModule(pl.LightningModule):
         self.save_hyperparameters({"config": self.cfg.to_dict()})
         self.net = build_network(self.cfg)
         t = self.cfg.train
-        strategy_cfg = dict(t.invertible) if t.strategy == "invertible" else {}
-        name = t.strategy
-        if t.strategy in GREEDY:  # the pipeline trains the same GLEAM network; in one process it is GLEAM
-            name, strategy_cfg["num_modules"] = "gleam", t.num_modules
-        self.strategy = build_strategy(name, self.net, **strategy_cfg)
+        self.strategy = build_configured_strategy(self.cfg, self.net)  # the registry's entry says how
         self.loss_fn = build_loss(t.loss)
         self.automatic_optimization = False
         self._val = VolumeAccumulator()
@@ -105,23 +103,9 @@ class ReconModule(pl.LightningModule):
         self._val.clear()
 
 
-def build_optimizers(t: TrainConfig, groups: list[list[torch.nn.Parameter]]) -> tuple[list, list]:
-    """One Adam per parameter group (one per GLEAM module) and, when configured, one scheduler each."""
-    optimizers = [torch.optim.Adam(g, lr=t.lr, weight_decay=t.weight_decay) for g in groups]
-    if not t.scheduler:
-        return optimizers, []
-    name = t.scheduler.get("name")
-    if name == "step":
-        return optimizers, [torch.optim.lr_scheduler.StepLR(o, step_size=t.scheduler.get("step_size", 10),
-                                                            gamma=t.scheduler.get("gamma", 0.5)) for o in optimizers]
-    if name == "cosine":
-        return optimizers, [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t.max_epochs) for o in optimizers]
-    raise ValueError(f"train.scheduler.name: unknown scheduler {name!r} (step, cosine)")
-
-
 def module_summary(vols: dict, name: str, cfg: Config) -> dict:
     """fastMRI metrics (mean/std over volumes) of the images stored under `name` against "target"."""
-    crop = cfg.data.kind in ("knee2d", "brain2d")
+    crop = get_kind(cfg.data.kind).eval_crop
     return summarize([evaluate_volume(v.images["target"], v.images[name], crop=crop) for v in vols.values()])
 
 

@@ -1,9 +1,9 @@
 """Build the Trainer for a config and run it (what `train.py` calls)."""
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import shutil
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,14 +12,18 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 
-from ..atomic import write_text
+from ..atomic import folder_lock
 from ..config import Config, ConfigError, save_config
+from ..data.datamodule import ReconDataModule
 from .checkpoints import AtomicCheckpointIO, file_sha256, load_checkpoint
 from .guards import NonFiniteError
-from ..data.datamodule import ReconDataModule
+from .interrupts import StopRequests, TrainingInterrupted
 from .module import ReconModule
+from .schedule import lightning_limit
+from .strategies import get_strategy
+from .run_folder import (check_output_dir, check_run_name, checkpoint_in, record_resume, relative_checkpoint,
+                         remove_if_empty, resumed_run_dir, run_loggers)
 
 
 @dataclass
@@ -66,7 +70,32 @@ class StepTimer(Callback):
             self._start = None
 
 
-class FiniteBestCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose record (best, last, top-k paths) is stored relative to its folder, so a copied
+    or moved run folder resumes with its own best record (Lightning stores absolute paths and drops the
+    record when the folder changed)."""
+
+    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        folder = self.dirpath
+        state.update({k: relative_checkpoint(state.get(k), folder) for k in self._PATHS})
+        state["best_k_models"] = {relative_checkpoint(k, folder): v for k, v in state["best_k_models"].items()}
+        state["dirpath_written"], state["dirpath"] = state["dirpath"], "."
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        old = state.get("dirpath_written") or (state.get("dirpath") if state.get("dirpath") != "." else None)
+        state.update({k: checkpoint_in(state.get(k), self.dirpath, old) for k in self._PATHS})
+        state["best_k_models"] = {checkpoint_in(k, self.dirpath, old): v
+                                  for k, v in state.get("best_k_models", {}).items()}
+        state["dirpath"] = self.dirpath
+        super().load_state_dict(state)
+
+
+class FiniteBestCheckpoint(RunCheckpoint):
     """ModelCheckpoint that never records a non-finite score as best: with train.nonfinite=stop the run
     stops with NonFiniteError, with skip the epoch is not considered for best."""
 
@@ -123,50 +152,51 @@ def apply_optimizer_changes(optimizers: list, schedulers: list, changes: dict[st
                 group["weight_decay"] = cfg.train.weight_decay
 
 
-def record_resume(path: Path, checkpoint: str, sha256: str, epoch: int, changes: dict[str, tuple]) -> None:
-    """Append one resume (checkpoint, its hash, the epoch, every changed key) to RUN/resumes.json."""
-    history = json.loads(path.read_text()) if path.is_file() else []
-    history.append({"checkpoint": str(Path(checkpoint).resolve()), "sha256": sha256, "epoch": epoch,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "changed": {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}})
-    write_text(path, json.dumps(history, indent=2) + "\n")
+class StopOnSignal(Callback):
+    """Ctrl-C / SIGTERM (see interrupts.py): after the current training step, write last.ckpt of that step
+    and stop with TrainingInterrupted. Data-parallel processes agree on the step to stop after. The
+    position in the epoch is kept in the checkpoint, so a resumed run goes on with the next batch."""
 
+    def __init__(self, requests: StopRequests, last_path: Path, data: ReconDataModule):
+        self.requests, self.last_path, self.data = requests, last_path, data
+        self.position = (0, 0)  # (epoch, batches of it trained) when stopped inside an epoch
 
-def resumed_run_dir(checkpoint: str | Path) -> Path | None:
-    """The run folder a checkpoint belongs to (RUN/checkpoints/x.ckpt with RUN/config.yaml), else None."""
-    p = Path(checkpoint).resolve()
-    run = p.parent.parent
-    return run if p.parent.name == "checkpoints" and (run / "config.yaml").is_file() else None
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning's own SIGTERM handler (installed at fit start) would end the run with SystemExit after the
+        # step, without a checkpoint of it: SIGTERM goes to our request like Ctrl-C (Lightning restores the
+        # handlers it found when it tears down).
+        self.requests.take(signal.SIGTERM)
 
+    def _stop_requested(self, trainer) -> bool:
+        stop = self.requests.requested
+        return trainer.strategy.reduce_boolean_decision(stop, all=False) if trainer.world_size > 1 else stop
 
-def run_loggers(cfg: Config, run_dir: Path | None = None) -> list:
-    # A resumed run logs into its own folder again (same version), so its best-checkpoint record,
-    # metrics.csv and checkpoints stay together.
-    save_dir, name, version = ((run_dir.parent.parent, run_dir.parent.name, run_dir.name) if run_dir
-                               else (cfg.output_dir, cfg.name, None))
-    csv = CSVLogger(save_dir=save_dir, name=name, version=version)
-    metrics = run_dir / "metrics.csv" if run_dir else None
-    if metrics is not None and metrics.is_file():
-        # Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run appends to it.
-        old = metrics.read_text()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-            writer = csv.experiment
-        write_text(metrics, old)
-        writer.metrics_keys = old.splitlines()[0].split(",") if old.strip() else []
-    loggers = [csv]
-    try:
-        import tensorboard  # noqa: F401
-        from pytorch_lightning.loggers import TensorBoardLogger
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._stop_requested(trainer):
+            self.position = (trainer.current_epoch, batch_idx + 1)
+            self._stop(trainer, trainer.fit_loop.total_batch_idx + 1)
 
-        loggers.append(TensorBoardLogger(save_dir=save_dir, name=name, version=csv.version))
-    except ImportError:
-        pass  # TensorBoard is optional: CSV logs are always written
-    return loggers
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.position = (0, 0)
+        if self._stop_requested(trainer):  # asked during validation: last.ckpt of the epoch is being written
+            trainer.save_checkpoint(self.last_path)
+            self._stop(trainer, trainer.fit_loop.total_batch_idx + 1, saved=True)
+
+    def _stop(self, trainer, step: int, saved: bool = False) -> None:
+        if not saved:
+            trainer.save_checkpoint(self.last_path)
+        raise TrainingInterrupted(self.requests.signum or 15, str(self.last_path), step)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.position[0], "batches": self.position[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data.resume_at = (state.get("epoch", 0), state.get("batches", 0))
 
 
 # Settings a resumed run cannot change: the architecture and its split, the data layout it was built
 # for, and the schedulers whose state the checkpoint holds. Every other change is applied and recorded.
+# A strategy adds its own (register_strategy(..., fixed_on_resume=...)).
 FIXED_ON_RESUME = ("model.", "train.strategy", "train.num_modules", "train.scheduler", "data.kind", "data.volume")
 
 
@@ -190,8 +220,9 @@ def check_resume_compatible(cfg: Config, ckpt_path: str, ckpt: dict | None = Non
     saved = _flatten(ckpt["hyper_parameters"]["config"])
     now = _flatten(cfg.to_dict())
     changes = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    keys = FIXED_ON_RESUME + get_strategy(cfg.train.strategy).fixed_on_resume  # the strategy's own too
     fixed = [f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in changes.items()
-             if any(k == f or (f.endswith(".") and k.startswith(f)) for f in FIXED_ON_RESUME)]
+             if any(k == f or (f.endswith(".") and k.startswith(f)) for f in keys)]
     if fixed:
         raise ValueError(f"{ckpt_path}: checkpoint was trained with another architecture/strategy/schedule, "
                          "which cannot change on resume (start a new run, or resume with the checkpoint's values): "
@@ -216,30 +247,19 @@ def check_devices(cfg: Config) -> None:
         raise ConfigError(f"train.accelerator: unknown accelerator {t.accelerator!r} (auto, cpu, gpu, mps)")
 
 
-def check_output_dir(path: str | Path, key: str = "output_dir") -> None:
-    """An output folder that is a file, or cannot be created, gets a ConfigError naming it."""
-    p = Path(path)
-    existing = next((q for q in (p, *p.parents) if q.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"{key}: {existing} is a file, not a folder")
-
-
-def _remove_if_empty(run_dir: Path) -> None:
-    """A run that failed before it logged a metric or wrote a checkpoint leaves no folder behind."""
-    if run_dir.is_dir() and not any(run_dir.rglob("*.ckpt")) and not (run_dir / "metrics.csv").is_file():
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def lightning_max_steps(cfg: Config) -> int:
-    """Lightning counts optimizer steps; `train.max_steps` counts batches. A GLEAM batch steps each of its
-    M module optimizers once, so it is M of Lightning's steps."""
+def lightning_max_steps(cfg: Config, module: ReconModule) -> int:
+    """Lightning counts optimizer steps; `train.max_steps` counts batches. A batch steps every optimizer of the
+    strategy once (GLEAM: one per module), so it is that many of Lightning's steps."""
     t = cfg.train
-    return t.max_steps * t.num_modules if t.max_steps > 0 and t.strategy == "gleam" else t.max_steps
+    return t.max_steps * len(module.strategy.param_groups(module.net)) if t.max_steps > 0 else t.max_steps
 
 
 def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = True) -> RunResult:
+    """Train as the config says (or go on from `resume`) in a locked run folder; Ctrl-C / SIGTERM stop after
+    the current step with last.ckpt of it (TrainingInterrupted)."""
     check_devices(cfg)
     check_output_dir(cfg.output_dir)
+    check_run_name(cfg)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     changes = check_resume_compatible(cfg, resume) if resume else {}
     data = ReconDataModule(cfg)
@@ -254,33 +274,46 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
     loggers = run_loggers(cfg, continued)
     run_dir = Path(loggers[0].log_dir).resolve()
     created = not run_dir.exists()
-    ckpt = FiniteBestCheckpoint(dirpath=run_dir / "checkpoints", monitor="val/psnr", mode="max",
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt = FiniteBestCheckpoint(dirpath=ckpt_dir, monitor="val/psnr", mode="max",
                                 filename="best-epoch{epoch}", auto_insert_metric_name=False,
                                 nonfinite=cfg.train.nonfinite)
-    # A checkpoint of the latest state after every epoch, for exact resume. (ModelCheckpoint's own
-    # save_last only writes when a monitored checkpoint is written, i.e. not after an epoch that
-    # did not improve val/psnr.)
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+    # A checkpoint of the latest state after every epoch (validated or not), for exact resume; the last
+    # epoch of a run always has one, whatever check_val_every_n_epoch is. (ModelCheckpoint's own save_last
+    # only writes when a monitored checkpoint is written.)
+    last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                         enable_version_counter=False, save_on_train_epoch_end=True)
     t = cfg.train
     timer = StepTimer()
+    requests = StopRequests()
     extra = [RecordResume(cfg, resume, changes, run_dir / "resumes.json")] if resume else []
     trainer = pl.Trainer(
-        max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg), accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, logger=loggers, callbacks=[ckpt, last, SaveConfig(cfg, run_dir / "config.yaml"), timer, *extra],
+        max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg, module), accelerator=t.accelerator, devices=t.devices,
+        precision=t.precision, logger=loggers,
+        callbacks=[ckpt, last, SaveConfig(cfg, run_dir / "config.yaml"), timer,
+                   StopOnSignal(requests, ckpt_dir / "last.ckpt", data), *extra],
         log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_train_batches=lightning_limit(t.limit_train_batches),
+        limit_val_batches=lightning_limit(t.limit_val_batches),
         check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=enable_progress_bar,
         deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
         use_distributed_sampler=False,  # EpochSampler shards the epoch itself under DDP (datamodule.py)
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
     )
     start = time.perf_counter()
+    loggers[0].experiment  # the CSV writer starts before the lock file is in the folder (else it warns)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        # One writer per run folder: a second `--resume` of this run is refused, naming this process.
+        with folder_lock(run_dir) if trainer.is_global_zero else contextlib.nullcontext(), requests:
+            try:
+                trainer.fit(module, datamodule=data, ckpt_path=resume)
+            except (KeyboardInterrupt, SystemExit):
+                if not requests.requested:
+                    raise
+                raise TrainingInterrupted(requests.signum) from None  # a second signal: stopped at once
     except BaseException:
         if created:
-            _remove_if_empty(run_dir)
+            remove_if_empty(run_dir)
         raise
     seconds = time.perf_counter() - start
     best = ckpt.best_model_path or None

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ...atomic import atomic_path
-from .network import TwoLayerReLUConv
+from .network import GatedReLUConv, TwoLayerReLUConv
 from .patches import patch_matrix
 from .problem import ConvexProblem, check_lam
 from .solvers import solve_gated
@@ -39,20 +39,31 @@ def regularisation_path(problem: ConvexProblem, lams: Sequence[float], tol: floa
     return [rows[float(v)] for v in lams]
 
 
-def effective_filters(net: TwoLayerReLUConv, image: Tensor, pixels: Sequence[tuple[int, int]]) -> Tensor:
+def effective_filters(net: TwoLayerReLUConv | GatedReLUConv, image: Tensor, pixels: Sequence[tuple[int, int]]) -> Tensor:
     """(len(pixels), C_out, C_in, k, k): the linear filter the network applies at each (y, x) of `image`
-    (C, H, W). Applied to that pixel's patch it reproduces the network's output there."""
+    (C, H, W). Applied to that pixel's patch it reproduces the network's output there. For the gated
+    network the units on at a pixel are those whose gate sees the patch at >= 0; their filters add up."""
     c, h, w = image.shape
     k = net.kernel_size
-    X = patch_matrix(image[None].to(net.conv1.weight), k)           # (H*W, C k^2)
-    U = net.conv1.weight.reshape(net.hidden, -1)                      # (hidden, C k^2)
-    A = net.conv2.weight.reshape(c, net.hidden)                       # (C_out, hidden)
+    gated = isinstance(net, GatedReLUConv)
+    weight = net.filters.weight if gated else net.conv1.weight
+    X = patch_matrix(image[None].to(weight), k)                       # (H*W, C k^2)
+    if gated:
+        G = net.gates.reshape(net.hidden, -1).to(weight)               # (P, C k^2) gates
+        U = weight.reshape(net.hidden, c, -1)                          # (P, C_out, C k^2) filters
+    else:
+        U = weight.reshape(net.hidden, -1)                             # (hidden, C k^2)
+        A = net.conv2.weight.reshape(c, net.hidden)                    # (C_out, hidden)
     out = []
     for y, x in pixels:
         if not (0 <= y < h and 0 <= x < w):
             raise ValueError(f"effective_filters: pixel {(y, x)} is outside the image {(h, w)}")
-        active = (X[y * w + x] @ U.T >= 0).to(U.dtype)                # (hidden,)
-        out.append((A * active) @ U)                                  # (C_out, C k^2)
+        z = X[y * w + x]
+        if gated:
+            out.append(((z @ G.T >= 0).to(U.dtype)[:, None, None] * U).sum(0))   # (C_out, C k^2)
+        else:
+            active = (z @ U.T >= 0).to(U.dtype)                        # (hidden,)
+            out.append((A * active) @ U)                               # (C_out, C k^2)
     return torch.stack(out).reshape(len(pixels), c, c, k, k)
 
 
@@ -112,35 +123,25 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Figures for a fitted prox: the regularisation path on (a subset of) its fit's patches, and the
-    effective filters at three pixels of the first training slice's input image."""
-    import argparse
-    import math
-
-    from .fit import denoising_pairs, read_fit_config
-    from .prox import load_weights
+def write_interpretation(cfg: Any, settings: Any, weights: str | os.PathLike, out: str | os.PathLike,
+                         num_patches: int = 400) -> dict:
+    """Figures for a fitted prox (`cfg`, `settings`: its fit config, `read_fit_config`): the regularisation
+    path on (a subset of) its fit's patches, and the effective filters at three pixels of the first training
+    slice's input image. Writes OUT/path.png, path.json and filters.png; returns {"rows", "lam_max", "paths"}."""
+    from .fit import denoising_pairs
+    from .prox import NETWORKS, load_weights
     from .problem import sample_gates
 
-    p = argparse.ArgumentParser(description="regularisation path and effective-filter figures of a convex prox")
-    p.add_argument("--config", required=True, help="the fit config (configs/convex/*_fit.yaml)")
-    p.add_argument("--weights", required=True, help="weights written by mrirecon.models.convex.fit")
-    p.add_argument("--out", required=True, help="folder for path.png, filters.png and path.json")
-    p.add_argument("--patches", type=int, default=400, help="patches for the regularisation path")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
-    cfg, settings = read_fit_config(args.config, args.overrides)
-    payload = load_weights(args.weights)
-    net = TwoLayerReLUConv(payload["channels"], payload["hidden"], payload["kernel_size"])
+    payload = load_weights(weights)
+    net = NETWORKS[payload.get("network", "relu")](payload["channels"], payload["hidden"], payload["kernel_size"])
     net.load_state_dict(payload["state_dict"])
-    small = settings.__class__(**{**settings.__dict__, "num_patches": args.patches})
+    small = settings.__class__(**{**settings.__dict__, "num_patches": num_patches})
     X, Y, _ = denoising_pairs(cfg, small)
     problem = ConvexProblem(X, Y, sample_gates(X, settings.num_gates, settings.seed), 0.0, settings.group_by)
-    _, grad = problem.loss_and_grad(problem.zeros())
-    lam_max = float(problem.group_norms(grad).max())  # above it every path is off
+    lam_max = problem.lam_max()  # above it every path is off
     lams = [lam_max * 10 ** (-4 + 4.2 * i / 9) for i in range(10)]
     rows = regularisation_path(problem, lams)
-    out = Path(args.out)
+    out = Path(out)
     plot_regularisation_path(rows, out / "path.png")
     from ...atomic import write_text
     import json
@@ -155,12 +156,4 @@ def main(argv: list[str] | None = None) -> int:
     h, w = image.shape[-2:]
     pixels = [(h // 2, w // 2), (h // 3, w // 2), (h // 2, w // 5)]
     plot_effective_filters(image, effective_filters(net, image, pixels), pixels, out / "filters.png")
-    print(f"wrote {out / 'path.png'}, {out / 'path.json'}, {out / 'filters.png'} (lam_max {lam_max:.3g}; "
-          f"active patterns {[r['active_patterns'] for r in rows]})")
-    return 0 if all(math.isfinite(r["objective"]) for r in rows) else 1
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    return {"rows": rows, "lam_max": lam_max, "paths": [out / "path.png", out / "path.json", out / "filters.png"]}

@@ -9,9 +9,10 @@ network predicts exactly what the convex model does; its weight decay lam/2 (||u
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .patches import check_kernel_size, patch_matrix, pixel_matrix, pixels_to_images
+from .patches import check_kernel_size, patch_matrix, pixels_to_images
 
 
 class TwoLayerReLUConv(nn.Module):
@@ -39,6 +40,45 @@ class TwoLayerReLUConv(nn.Module):
         n = images.shape[0] * images.shape[2] * images.shape[3]
         r = self(images) - targets
         return (r * r).sum() / (2 * n) + lam * self.weight_decay()
+
+
+class GatedReLUConv(nn.Module):
+    """The gated-ReLU model as a conv network (Mishkin, Sahiner and Pilanci, ICML 2022): fixed gate filters
+    g_i pick, at every pixel, which linear filters U_i act: out_c = sum_i 1[g_i^T z >= 0] U_i[:, c]^T z for the
+    k x k patch z. The gates are a buffer (never trained); the filters U are the parameters."""
+
+    def __init__(self, channels: int, patterns: int, kernel_size: int):
+        super().__init__()
+        check_kernel_size(kernel_size)
+        if not isinstance(patterns, int) or patterns < 1:
+            raise ValueError(f"gated ReLU network: patterns must be an integer >= 1, got {patterns!r}")
+        self.channels, self.hidden, self.kernel_size = channels, patterns, kernel_size
+        self.register_buffer("gates", torch.zeros(patterns, channels, kernel_size, kernel_size))
+        self.filters = nn.Conv2d(channels, patterns * channels, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = self.kernel_size // 2
+        on = (F.conv2d(x, self.gates.to(x.dtype), padding=pad) >= 0).to(x.dtype)        # (B, P, H, W)
+        feats = self.filters(x).unflatten(1, (self.hidden, self.channels))               # (B, P, C, H, W)
+        return (on.unsqueeze(2) * feats).sum(1)
+
+
+def gated_to_network(U: Tensor, gates: Tensor, kernel_size: int, dtype: torch.dtype = torch.float32) -> GatedReLUConv:
+    """The gated program's solution U (P, d, c) with its gates (d, P) as a conv network; patterns whose
+    weights are all zero (switched off by the group lasso) are dropped (one is kept if all are)."""
+    P, d, c = U.shape
+    if d != c * kernel_size * kernel_size or gates.shape != (d, P):
+        raise ValueError(f"gated_to_network: U {tuple(U.shape)} and gates {tuple(gates.shape)} do not match "
+                         f"channels*k*k = {c}*{kernel_size}^2")
+    keep = (U.flatten(1).norm(dim=1) > 0).nonzero().flatten()
+    if len(keep) == 0:
+        keep = torch.zeros(1, dtype=torch.long, device=U.device)
+    net = GatedReLUConv(c, len(keep), kernel_size).to(dtype=dtype, device=U.device)
+    with torch.no_grad():
+        net.gates.copy_(gates.T[keep].reshape(len(keep), c, kernel_size, kernel_size))
+        # filter (i, c_out) over the input patch ordered like a Conv2d weight (C_in, k, k)
+        net.filters.weight.copy_(U[keep].permute(0, 2, 1).reshape(len(keep) * c, c, kernel_size, kernel_size))
+    return net
 
 
 def relu_to_network(V: Tensor, W: Tensor, kernel_size: int, tol: float = 0.0,
@@ -80,8 +120,3 @@ def predict_images(weights: Tensor, gates: Tensor, images: Tensor, kernel_size: 
     D = (X @ gates.to(X) >= 0).to(X.dtype)
     rows = (D.unsqueeze(-1) * torch.einsum("nd,pdc->npc", X, weights)).sum(1)
     return pixels_to_images(rows, tuple(images.shape))
-
-
-def network_patches_output(net: TwoLayerReLUConv, images: Tensor) -> Tensor:
-    """The network's prediction as rows (n, C) in patch-matrix order, for comparison with the convex model."""
-    return pixel_matrix(net(images))

@@ -1,7 +1,8 @@
 """The convex dual denoiser as a proximal network: `model.prox: {name: convex_dual, weights: FILE}`.
 
-The weights file (written by `python -m mrirecon.models.convex.fit`) holds the two-layer ReLU network a
-convex solve mapped to (`network.py`). `predicts` says what the network outputs:
+The weights file (written by `mrirecon convex fit`) holds the network a convex solve mapped to
+(`network.py`): the two-layer ReLU network of the exact ReLU program ("network": "relu") or the gated-ReLU
+network of the gated program ("gated": fixed gates, trained filters). `predicts` says what it outputs:
     residual   z = x + net(x)   (it was fitted to target - input; the default)
     image      z = net(x)       (it was fitted to the target itself)
 trainable: false  the solver's weights are fixed (requires_grad False): only the unrolls' step sizes train,
@@ -21,17 +22,23 @@ from torch import Tensor
 
 from ...atomic import atomic_path
 from ..registry import ProxNet, check_input, register_prox
-from .network import TwoLayerReLUConv
+from .network import GatedReLUConv, TwoLayerReLUConv
 
 FORMAT = "mrirecon.convex_dual/1"
 PREDICTS = ("residual", "image")
 
 
-def save_weights(path: str | os.PathLike, net: TwoLayerReLUConv, predicts: str, info: dict[str, Any]) -> Path:
+NETWORKS = {"relu": TwoLayerReLUConv, "gated": GatedReLUConv}
+
+
+def save_weights(path: str | os.PathLike, net: TwoLayerReLUConv | GatedReLUConv, predicts: str,
+                 info: dict[str, Any]) -> Path:
     """Write the network and what produced it (solver report, settings) atomically."""
     if predicts not in PREDICTS:
         raise ValueError(f"convex_dual weights: predicts must be one of {PREDICTS}, got {predicts!r}")
-    payload = {"format": FORMAT, "channels": net.channels, "hidden": net.hidden, "kernel_size": net.kernel_size,
+    network = "gated" if isinstance(net, GatedReLUConv) else "relu"
+    payload = {"format": FORMAT, "network": network, "channels": net.channels, "hidden": net.hidden,
+               "kernel_size": net.kernel_size,
                "predicts": predicts, "state_dict": {k: v.detach().float().cpu() for k, v in net.state_dict().items()},
                "info": info}
     with atomic_path(path) as tmp:
@@ -43,7 +50,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prox convex_dual: weights file {str(path)!r} not found (model.prox.weights); write it with "
-                         "`python -m mrirecon.models.convex.fit --config CONFIG --out FILE`")
+                         "`mrirecon convex fit --config CONFIG --out FILE`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several kinds for a corrupt or foreign file
@@ -69,7 +76,7 @@ class ConvexDualProx(ProxNet):
         if weights is None:
             if not trainable:
                 raise ValueError("prox convex_dual: trainable: false needs weights (model.prox.weights) from "
-                                 "`python -m mrirecon.models.convex.fit`")
+                                 "`mrirecon convex fit`")
             if predicts not in PREDICTS:
                 raise ValueError(f"prox convex_dual: predicts must be one of {PREDICTS}, got {predicts!r}")
             self.net = TwoLayerReLUConv(in_channels, hidden, kernel_size)
@@ -79,7 +86,8 @@ class ConvexDualProx(ProxNet):
             if payload["channels"] != in_channels:
                 raise ValueError(f"prox convex_dual: {weights!r} was fitted for {payload['channels']} channels but the "
                                  f"network gives the prox {in_channels} (2 x model.num_maps)")
-            self.net = TwoLayerReLUConv(payload["channels"], payload["hidden"], payload["kernel_size"])
+            network = NETWORKS[payload.get("network", "relu")]  # files from before "network" hold ReLU nets
+            self.net = network(payload["channels"], payload["hidden"], payload["kernel_size"])
             self.net.load_state_dict(payload["state_dict"])
             self.predicts, self.info = payload["predicts"], payload.get("info", {})
         self.conv_dims, self.trainable = conv_dims, trainable

@@ -1,4 +1,4 @@
-"""Certified operator norms of convolutions, and the convolution normalised by them (`SpectralNormConv`).
+"""Certified operator norms of convolutions, and the convolution normalised by them (`NormBoundedConv`).
 
 A bound on ||conv_W|| that holds for inputs of every size, computed from the kernel W alone by a branch
 and bound over frequencies (`certified_conv_norms`); Lipschitz-bounded proxes divide each convolution by
@@ -338,7 +338,7 @@ def certified_conv_norm(weight: Tensor, tolerance: float = 0.01, max_points: int
     return certified_conv_norms([weight], tolerance, max_points)[0]
 
 
-class SpectralNormConv(nn.Module):
+class NormBoundedConv(nn.Module):
     """A 'same'-padded convolution whose operator norm is <= `bound` for inputs of every size:
     W_eff = W / max(1, sigma / bound), sigma a certified upper bound on ||conv_W|| (`certified_conv_norms`).
 
@@ -353,19 +353,19 @@ class SpectralNormConv(nn.Module):
     value, so in-place updates, `.data` writes, copies and device moves are all seen) and reused by every
     later forward (checkpoint recomputation, MEL inversion and re-run, a deep copy): repeated forwards
     with the same weights compute exactly the same function. sigma() has the bound's value and gradient.
-    The module holds parameters only: nothing that depends on the input size.
-    `n_power_iterations` is accepted for configuration compatibility and unused (nothing is iterated).
+    The module holds parameters only: nothing that depends on the input size. (It was `SpectralNormConv`:
+    it is not torch's spectral_norm, which divides by a power-iteration estimate of the kernel matrix's norm.)
     """
 
     def __init__(self, in_channels: int, out_channels: int, conv_dims: int, kernel_size: int, bound: float,
-                 n_power_iterations: int = 1, tolerance: float = 0.01):
+                 tolerance: float = 0.01):
         super().__init__()
         if not 0 < tolerance < 1:
-            raise ValueError(f"SpectralNormConv: tolerance must be in (0, 1), got {tolerance!r}")
+            raise ValueError(f"NormBoundedConv: tolerance must be in (0, 1), got {tolerance!r}")
         conv = conv_class(conv_dims)(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         self.weight, self.bias = conv.weight, conv.bias
         self.conv_dims, self.padding, self.bound = conv_dims, kernel_size // 2, float(bound)
-        self.n_power_iterations, self.tolerance = n_power_iterations, float(tolerance)
+        self.tolerance = float(tolerance)
         self._certificate: ConvNormCertificate | None = None
         self._certified_weight: Tensor | None = None  # a copy of the weights the certificate belongs to
         self._last_spatial: tuple[int, ...] | None = None  # for operator_norm() without a size
@@ -419,21 +419,16 @@ class SpectralNormConv(nn.Module):
             u = _CONV_T[self.conv_dims](v, w, None, padding=self.padding)
         return float(_CONV[self.conv_dims](u / u.norm().clamp_min(1e-30), w, None, padding=self.padding).norm())
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints of the earlier power-iteration version hold its input-sized vector `u`: obsolete.
-        state_dict.pop(prefix + "u", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 def refresh_certificates(convs: nn.Module | Iterable[nn.Module]) -> None:
     """Bring the certificates of several normalised convolutions up to date at once: every out-of-date
-    SpectralNormConv in `convs` (modules, searched recursively) is certified in one call, kernels of one
+    NormBoundedConv in `convs` (modules, searched recursively) is certified in one call, kernels of one
     shape sharing the branch and bound's operations (each certificate is the same as alone, only faster).
     The scope is explicit -- the caller's own modules -- so one network never pays for another's updates."""
     modules = [convs] if isinstance(convs, nn.Module) else list(convs)
-    found = {id(m): m for module in modules for m in module.modules() if isinstance(m, SpectralNormConv)}
+    found = {id(m): m for module in modules for m in module.modules() if isinstance(m, NormBoundedConv)}
     stale = [conv for conv in found.values() if not conv._certificate_is_current()]
-    by_tolerance: dict[float, list[SpectralNormConv]] = {}
+    by_tolerance: dict[float, list[NormBoundedConv]] = {}
     for conv in stale:
         by_tolerance.setdefault(conv.tolerance, []).append(conv)
     # Never inference tensors (e.g. first computed in a validation loop): training reuses them in autograd.

@@ -1,7 +1,7 @@
 """Residual CNN prox (GLEAM's PGD prox): z = x + f(x), f = conv -> residual blocks -> conv.
 
 With `lipschitz=L` every convolution is normalised by a certified bound on its operator norm that holds
-for inputs of any size (`SpectralNormConv`, prox/conv_norm.py), so Lip(f) < L whatever the image size.
+for inputs of any size (`NormBoundedConv`, prox/conv_norm.py), so Lip(f) < L whatever the image size.
 For L < 1 the prox is invertible by the fixed-point iteration x <- z - f(x) (Banach), which the
 invertible (MEL) training strategy uses to rebuild inputs.
 """
@@ -13,9 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import ProxNet, check_input, conv_class, prox_name, register_prox
-# Re-exported: the certified norms lived here before they got their own module.
-from .conv_norm import (ConvNormCertificate, SpectralNormConv, certified_conv_norm,  # noqa: F401
-                        certified_conv_norms, refresh_certificates)
+from .conv_norm import NormBoundedConv, refresh_certificates
 
 
 def _per_conv_bound(lipschitz: float, num_blocks: int) -> float:
@@ -87,8 +85,7 @@ class ResidualBlock(nn.Module):
 
 
 def residual_cnn(conv_dims: int, in_channels: int, out_channels: int, channels: int, num_blocks: int,
-                 kernel_size: int, conv_bound: float | None,
-                 n_power_iterations: int = 1) -> tuple[nn.Module, nn.Sequential, nn.Module]:
+                 kernel_size: int, conv_bound: float | None) -> tuple[nn.Module, nn.Sequential, nn.Module]:
     """The layers of a residual prox's f: input conv -> `num_blocks` residual blocks -> output conv, 'same'
     padded. With `conv_bound` every conv is certified-normalised to it (Lipschitz proxes); without, the
     output conv starts at zero, so the prox starts as the identity: the untrained network is then N plain
@@ -97,7 +94,7 @@ def residual_cnn(conv_dims: int, in_channels: int, out_channels: int, channels: 
     def conv(cin: int, cout: int) -> nn.Module:
         if conv_bound is None:
             return conv_class(conv_dims)(cin, cout, kernel_size, padding=kernel_size // 2)
-        return SpectralNormConv(cin, cout, conv_dims, kernel_size, conv_bound, n_power_iterations)
+        return NormBoundedConv(cin, cout, conv_dims, kernel_size, conv_bound)
 
     conv_in = conv(in_channels, channels)
     blocks = nn.Sequential(*[ResidualBlock(conv(channels, channels), conv(channels, channels))
@@ -114,10 +111,10 @@ class ResNetProx(LipschitzResidual, ProxNet):
     """z = x + f(x); f = input conv -> `num_blocks` residual blocks of `channels` width -> output conv."""
 
     def __init__(self, in_channels: int, conv_dims: int = 2, channels: int = 32, num_blocks: int = 2,
-                 kernel_size: int = 3, lipschitz: float | None = None, n_power_iterations: int = 1):
+                 kernel_size: int = 3, lipschitz: float | None = None):
         super().__init__()
         for key, value, low in (("channels", channels, 1), ("num_blocks", num_blocks, 0),
-                                ("kernel_size", kernel_size, 1), ("n_power_iterations", n_power_iterations, 1)):
+                                ("kernel_size", kernel_size, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"resnet prox: {key} must be an integer >= {low}, got {value!r}")
         if kernel_size % 2 == 0:
@@ -127,7 +124,7 @@ class ResNetProx(LipschitzResidual, ProxNet):
         self.conv_dims, self.lipschitz = conv_dims, None if lipschitz is None else float(lipschitz)
         self.conv_bound = None if lipschitz is None else _per_conv_bound(float(lipschitz), num_blocks)
         self.conv_in, self.blocks, self.conv_out = residual_cnn(
-            conv_dims, in_channels, in_channels, channels, num_blocks, kernel_size, self.conv_bound, n_power_iterations)
+            conv_dims, in_channels, in_channels, channels, num_blocks, kernel_size, self.conv_bound)
 
     invertible_when = "lipschitz < 1, e.g. 0.9"
 

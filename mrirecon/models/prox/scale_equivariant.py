@@ -17,10 +17,11 @@ from ..registry import ProxNet, check_input, register_prox
 WHO = "scale_equivariant prox"
 
 
-@register_prox("scale_equivariant")
+@register_prox("scale_equivariant", renamed={"num_layers": "num_blocks"})
 class ScaleEquivariantProx(ProxNet):
-    """`num_layers` scale-equivariant convolutions of `channels` width (lifting first, the last back to the
-    input channels), ReLU between them; `projection` (max or mean) over scales, then the residual add.
+    """`num_blocks` scale-equivariant convolutions of `channels` width (lifting first, the last back to the
+    input channels; the option was `num_layers`), ReLU between them; `projection` (max or mean) over scales,
+    then the residual add.
 
     basis: "dilated" (exact for integer scale ratios; needs integer scales and kernel_size >=
     max(scales) (effective_size - 1) + 1) or "hermite" (SESN; any scales, `sigma` its Gaussian width).
@@ -29,14 +30,14 @@ class ScaleEquivariantProx(ProxNet):
     supported_conv_dims = (2,)
     equivariance = "scale"
 
-    def __init__(self, in_channels: int, conv_dims: int = 2, channels: int = 8, num_layers: int = 3,
+    def __init__(self, in_channels: int, conv_dims: int = 2, channels: int = 8, num_blocks: int = 3,
                  scales: Sequence[float] = (1, 2), kernel_size: int = 5, effective_size: int = 3,
                  basis: str = "dilated", scale_window: int = 2, projection: str = "max", sigma: float | None = None):
         super().__init__()
         if conv_dims != 2:
             raise ValueError(f"{WHO}: supports conv_dims=2 (2D images and ky-kz slices) only, got conv_dims="
                              f"{conv_dims} (3D volumes and cine need 3D scale-equivariant layers, not built)")
-        for key, value, low in (("channels", channels, 1), ("num_layers", num_layers, 2)):
+        for key, value, low in (("channels", channels, 1), ("num_blocks", num_blocks, 2)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{WHO}: {key} must be an integer >= {low}, got {value!r}")
         if basis not in BASES:
@@ -51,9 +52,9 @@ class ScaleEquivariantProx(ProxNet):
                       basis_options=None if sigma is None else {"sigma": sigma})
         try:
             self.lift = LiftingConv(in_channels, channels, **common)
-            self.convs = nn.ModuleList([ScaleConv(channels, channels if i < num_layers - 2 else in_channels,
+            self.convs = nn.ModuleList([ScaleConv(channels, channels if i < num_blocks - 2 else in_channels,
                                                   scale_window=scale_window, **common)
-                                        for i in range(num_layers - 1)])
+                                        for i in range(num_blocks - 1)])
         except ValueError as e:  # name the prox in the layer's or basis's message
             raise ValueError(f"{WHO}: {e}") from None
         # Each output scale depends on this many larger scales (through the windows of the scale convs).

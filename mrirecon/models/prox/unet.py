@@ -1,6 +1,6 @@
 """A small U-Net prox (Ronneberger et al. 2015) with a global residual: z = x + unet(x).
 
-Inputs of any size work: they are zero-padded up to a multiple of 2^depth on every spatial dim and
+Inputs of any size work: they are zero-padded up to a multiple of 2^num_blocks on every spatial dim and
 cropped back. Not invertible.
 """
 from __future__ import annotations
@@ -16,19 +16,21 @@ def _double_conv(conv: type[nn.Module], cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv(cin, cout, 3, padding=1), nn.ReLU(), conv(cout, cout, 3, padding=1), nn.ReLU())
 
 
-@register_prox("unet")
+@register_prox("unet", renamed={"base_channels": "channels", "depth": "num_blocks"})
 class UNetProx(ProxNet):
-    """`depth` down/up levels; level i has base_channels * 2^i channels; max-pool down, transposed-conv up."""
+    """`num_blocks` down/up levels (a block: two convolutions on the way down and two on the way up); level i
+    has channels * 2^i channels; max-pool down, transposed-conv up. (Options were `base_channels` and `depth`.)"""
 
-    def __init__(self, in_channels: int, conv_dims: int = 2, base_channels: int = 16, depth: int = 2):
+    def __init__(self, in_channels: int, conv_dims: int = 2, channels: int = 16, num_blocks: int = 2):
         super().__init__()
-        for key, value in (("base_channels", base_channels), ("depth", depth)):
+        for key, value in (("channels", channels), ("num_blocks", num_blocks)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"unet prox: {key} must be an integer >= 1, got {value!r}")
         conv = conv_class(conv_dims)
         up = nn.ConvTranspose2d if conv_dims == 2 else nn.ConvTranspose3d
-        self.conv_dims, self.depth = conv_dims, depth
-        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.conv_dims, self.depth = conv_dims, num_blocks
+        depth = num_blocks  # levels
+        widths = [channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList([_double_conv(conv, in_channels if i == 0 else widths[i - 1], widths[i])
                                    for i in range(depth)])
         self.bottom = _double_conv(conv, widths[depth - 1], widths[depth])

@@ -20,36 +20,34 @@ image and the mask is the acquired one of AccFactorRR when that folder has the p
 one); without FullSample the undersampled k-space and its mask are read and there is no reference.
 
 A data folder is recognised as CMRxRecon when it holds `FullSample` or `AccFactorRR` folders, or
-`MultiCoil/Cine/TrainingSet` (or `ValidationSet`) below it; `data.kind: cine` then reads it with
-`CmrxReconDataset`. Split a TrainingSet into train/val/test folders (symbolic links, nothing copied) with
-`python -m mrirecon.data.cmrxrecon split --training-set DIR --out DIR`.
+`MultiCoil/Cine/TrainingSet` (or `ValidationSet`) below it; the cine kind's reader (`readers.cine.open_cine`)
+then reads it with `CmrxReconReader`. Training and validation need every patient's FullSample (the reference):
+a patient with only AccFactor folders, or a split link whose target is gone, is named before any training.
+The challenge's sampling pattern (for simulated masks) is `masks.cmrxrecon.CmrxReconMask`.
+Split a TrainingSet into train/val/test folders (symbolic links, nothing copied) with
+`mrirecon cmrxrecon split --training-set DIR --out DIR`.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
-import torch
 
-from ..atomic import atomic_path
-from .errors import DataError
-from .subsample import Mask, MaskFunc, _check_accelerations, register_mask
-
-if TYPE_CHECKING:  # transforms imports subsample, which imports this module to register the mask
-    from .transforms import RawSlice
+from ...atomic import atomic_path
+from ..errors import DataError
+from ..masks import CmrxReconMask, check_mask_values
+from ..masks.cmrxrecon import synthetic_centre_lines
+from .base import RawSlice, ReadOptions, Reader, keep_fraction
 
 FULL_FOLDER = "FullSample"
 ACC_FOLDER = re.compile(r"^AccFactor(\d\d)$")
 VIEWS = ("cine_sax", "cine_lax")
 FULL_KEY = "kspace_full"
-CENTRE_LINES = 24  # the challenge's fully sampled central ky band (2023 release)
 MAT73_HEADER = b"MATLAB 7.3 MAT-file"
 SUBSETS = ("TrainingSet", "ValidationSet", "TestSet")
 
@@ -136,6 +134,7 @@ def read_mask(path: Path, key: str, ky: int, kx: int) -> np.ndarray:
     if m.shape != (ky, kx):
         raise DataError(path, f"mask shape {m.shape} does not match the k-space: expected (ky, kx) = ({ky}, {kx}) in "
                         f"h5py order, MATLAB's (kx, ky){hint}", key=key)
+    check_mask_values(m, path, key)
     lines = m != 0
     if not (lines == lines[:, :1]).all():
         raise DataError(path, "mask is not a set of ky lines (it varies along kx); the challenge's masks sample "
@@ -174,57 +173,6 @@ def write_mat73(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------
-# The challenge's sampling pattern
-
-
-class CmrxReconMask(MaskFunc):
-    """The CMRxRecon 2023 pattern for cine k-space (C, T, H, W) -> mask (1, 1, 1, W): every R-th ky line
-    plus a fully sampled central band of `center_lines` lines (24 in the challenge), the same in every frame.
-
-    Lines are placed symmetrically about the k-space centre W // 2 (k with (k - W // 2) % R == 0): the
-    challenge documents the spacing and the band but not the offset of its lines, so the placement is
-    ours. The effective acceleration is below R because of the band. Where the acquired masks are on disk
-    (AccFactorRR folders) the reader uses those instead. One acceleration is drawn per mask (seeded).
-    """
-
-    sampled_dims = (-1,)
-    ndims = (4,)
-    layout = "(C, T, H, W) with T = frames, W = phase encode (ky)"
-
-    def __init__(self, accelerations: Sequence[int] = (4, 8, 10), center_lines: int = CENTRE_LINES):
-        self.accelerations = [int(a) for a in _check_accelerations(accelerations, minimum=1.0)]
-        if any(float(a) != int(a) for a in _check_accelerations(accelerations, minimum=1.0)):
-            raise ValueError(f"accelerations must be whole numbers for cmrxrecon masks, got {list(accelerations)}")
-        if isinstance(center_lines, bool) or not isinstance(center_lines, int) or center_lines < 1:
-            raise ValueError(f"center_lines must be an integer >= 1 (24 in the challenge), got {center_lines!r}")
-        self.center_lines = center_lines
-
-    def lines(self, width: int, acceleration: int) -> np.ndarray:
-        """The sampled ky lines (width,) bool for one acceleration."""
-        if self.center_lines > width:
-            raise ValueError(f"CmrxReconMask: center_lines={self.center_lines} exceeds the {width} ky lines")
-        k = np.arange(width)
-        lines = (k - width // 2) % acceleration == 0
-        start = (width - self.center_lines + 1) // 2  # fastMRI's centring of a band around W // 2
-        lines[start:start + self.center_lines] = True
-        return lines
-
-    def _sample(self, shape: tuple[int, ...], seed: int) -> Mask:
-        width = shape[-1]
-        acceleration = self.accelerations[np.random.default_rng(seed).integers(len(self.accelerations))]
-        lines = self.lines(width, acceleration)
-        mask = torch.from_numpy(lines.astype(np.float32)).reshape(1, 1, 1, width)
-        return Mask(mask, width / int(lines.sum()), (self.center_lines,), float(acceleration))
-
-
-if __name__ != "__main__":  # under `python -m` this file runs twice (subsample imports it too): register once
-    register_mask("cmrxrecon")(CmrxReconMask)
-
-
-def synthetic_centre_lines(width: int) -> int:
-    """The challenge's 24-line band, narrowed to a quarter of ky for the tiny synthetic images."""
-    return min(CENTRE_LINES, max(2, width // 4))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,7 +210,7 @@ class CineFile:
     lines: np.ndarray | None   # acquired ky lines (ky,)
 
     @property
-    def path(self) -> Path:  # what ReconDataset's FileInfo offers evaluation (file names, recon size)
+    def path(self) -> Path:  # what the HDF5 readers' FileInfo offers evaluation (file names, recon size)
         return Path(self.fname)
 
     @property
@@ -291,13 +239,27 @@ def _scan(path: Path, key: str) -> None:
                 raise DataError(path, f"slice {s}: k-space is all zero", key=key)
 
 
+def _patient_folders(folder: Path) -> list[Path]:
+    """The patient folders in `folder`; a link whose target is gone (a split made by `split_training_set`
+    whose TrainingSet moved) is an error naming the patient, not a patient silently left out."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.is_symlink() and not p.exists():
+            raise DataError(p, f"patient {p.name}: dangling link to {os.readlink(p)} (the folder it points to is "
+                            "gone: make the split again with `mrirecon cmrxrecon split`)")
+        if p.is_dir():
+            found.append(p)
+    return found
+
+
 def discover(root: str | os.PathLike, accelerations: Sequence[int] | None = None,
-             views: Sequence[str] = VIEWS, scan_values: bool = False) -> list[CineFile]:
+             views: Sequence[str] = VIEWS, scan_values: bool = False, references: bool = False) -> list[CineFile]:
     """Every (patient, view[, acceleration]) under a CMRxRecon folder, checked (keys, shapes, masks).
 
     accelerations: the AccFactor folders whose acquired masks to use (None: all present). With FullSample,
     one entry per acceleration that has the patient's mask, or one without a mask when none has; without
-    FullSample, one per acceleration (undersampled k-space and its mask)."""
+    FullSample, one per acceleration (undersampled k-space and its mask). references: every patient needs its
+    FullSample file (training, validation): DataError naming the first patient without."""
     base = find_data_folder(root)
     if base is None:
         raise DataError(root, f"not a CMRxRecon folder: no {FULL_FOLDER} or AccFactorRR folder in it or in "
@@ -308,7 +270,7 @@ def discover(root: str | os.PathLike, accelerations: Sequence[int] | None = None
     full_dir = base / FULL_FOLDER
     files: list[CineFile] = []
     patients = sorted({p.name for d in ([full_dir] if full_dir.is_dir() else []) + list(acc_dirs.values())
-                       for p in d.iterdir() if p.is_dir()})
+                       for p in _patient_folders(d)})
     for patient in patients:
         for view in views:
             full = full_dir / patient / f"{view}.mat"
@@ -334,6 +296,11 @@ def discover(root: str | os.PathLike, accelerations: Sequence[int] | None = None
                     raise DataError(mask_file, "mask does not sample the k-space centre ky line", key=mask_key(r))
                 entries.append(CineFile(patient, view, full if has_full else sub, FULL_KEY if has_full else sub_key(r),
                                         mask_file, mask_key(r), r, has_full, shape_r, lines))
+            if entries and not has_full and references:
+                raise DataError(full, f"patient {patient}: no {FULL_FOLDER}/{patient}/{view}.mat, only undersampled "
+                                f"data in {', '.join(acc_folder(e.acceleration) for e in entries)}; training and "
+                                f"validation need the fully sampled reference (move {patient} to the test split, "
+                                "or add its FullSample folder)", key=FULL_KEY)
             if has_full and not entries:
                 entries.append(CineFile(patient, view, full, FULL_KEY, None, None, None, True, shape, None))
             files.extend(entries)
@@ -351,39 +318,30 @@ def read_slice(cf: CineFile, slice_num: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Dataset
+# Reader
 
 
-class CmrxReconDataset:
-    """Slice-level dataset over a CMRxRecon folder, with ReconDataset's interface (read, volumes, files).
+class CmrxReconReader(Reader):
+    """Slice-level reader of a CMRxRecon folder (one item = one slice of one view, all frames).
 
-    Built by `ReconDataset(root, "cine", ...)` when `root` is in the CMRxRecon layout (same arguments).
     The acquired masks used are those of the accelerations of a `cmrxrecon` mask function
-    (`data.mask: {type: cmrxrecon, accelerations: [8]}`); with another mask type (e.g. kyt) on FullSample
+    (`data.mask: {name: cmrxrecon, accelerations: [8]}`); with another mask (e.g. kyt) on FullSample
     data the masks are simulated by it, while undersampled-only data always uses its acquired masks.
     """
 
-    kind = "cine"
+    views: Sequence[str] = VIEWS
 
-    def __init__(self, root: str | os.PathLike, kind: str = "cine",
-                 transform: Callable[[RawSlice], object] | None = None, volume: bool = False,
-                 acquisitions: Sequence[str] | None = None, crop_readout: bool = True, sample_rate: float = 1.0,
-                 require_maps: bool = False, num_maps: int | None = None, scan_values: bool = True,
-                 progress: bool = True, maps_cache: object = None, maps_workers: int = 1,
-                 views: Sequence[str] = VIEWS):
-        from .datasets import geometry
-
-        if kind != "cine":
-            raise DataError(root, f"a CMRxRecon cine folder needs data.kind: cine, got {kind!r}")
-        if volume:
+    def __init__(self, root: str | os.PathLike, kind: Any, options: ReadOptions):
+        super().__init__(root, kind, options)
+        o = options
+        if o.volume:
             raise ValueError("volume=True is only meaningful for knee3d")
-        if require_maps:
+        if o.require_maps:
             raise DataError(root, "CMRxRecon files carry no coil maps: set data.maps: online (ESPIRiT from the "
                             "fully sampled central ky band of each sample)", key="espirit_maps")
-        self.root, self.transform, self.geometry = Path(root), transform, geometry("cine")
-        mask_func = getattr(transform, "mask_func", None)
+        mask_func = o.mask_func
         accelerations = mask_func.accelerations if isinstance(mask_func, CmrxReconMask) else None
-        files = discover(root, accelerations, views, scan_values)
+        files = discover(root, accelerations, self.views, o.scan_values, o.references)
         if not isinstance(mask_func, CmrxReconMask):  # simulated masks on fully sampled data: no duplicates
             seen: set[tuple[str, str]] = set()
             kept = []
@@ -395,44 +353,30 @@ class CmrxReconDataset:
                 elif not cf.fully_sampled:
                     kept.append(cf)
             files = kept
-        if sample_rate < 1:
-            files = files[: max(1, round(len(files) * sample_rate))]
-        self.files = files
-        self.items = [(i, s) for i, cf in enumerate(files) for s in range(cf.num_slices)]
+        self.files = keep_fraction(files, o.sample_rate)
+        self.items = [(i, s) for i, cf in enumerate(self.files) for s in range(cf.num_slices)]
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def volumes(self) -> dict[str, list[int]]:
-        groups: dict[str, list[int]] = {}
-        for idx, (i, _) in enumerate(self.items):
-            groups.setdefault(self.files[i].fname, []).append(idx)
-        return groups
+    @classmethod
+    def recognises(cls, root: Path, kind: Any) -> bool:
+        return is_cmrxrecon_folder(root)
 
     def read(self, index: int) -> RawSlice:
-        from .transforms import RawSlice
-
         i, s = self.items[index]
         cf = self.files[i]
-        kspace = read_slice(cf, s)
         mask = None if cf.lines is None else cf.lines.reshape(1, 1, 1, -1)
-        return RawSlice(kspace, None, mask, cf.fname, s, None, self.geometry.fft_ndim, reference=cf.fully_sampled)
+        # An acquired mask's nominal factor is its folder's RR (results are grouped by it); the mask's effective
+        # factor is lower because of the central band.
+        nominal = None if cf.acceleration is None else float(cf.acceleration)
+        return RawSlice(read_slice(cf, s), None, mask, cf.fname, s, None, self.fft_ndim,
+                        reference=cf.fully_sampled, nominal_acceleration=nominal)
 
-    def __getitem__(self, index: int):
-        raw = self.read(index)
-        if self.transform is None:
-            return raw
-        sample = self.transform(raw)
-        r = self.files[self.items[index][0]].acceleration
-        if r is not None and hasattr(sample, "nominal_acceleration"):
-            # An acquired mask's nominal factor is its folder's RR (results are grouped by it); the transform
-            # only sees the mask, whose effective factor is lower because of the central band.
-            sample = sample._replace(nominal_acceleration=float(r))
-        return sample
+    def item_shape(self, index: int) -> tuple:
+        frames, _, coils, ky, kx = self.files[self.items[index][0]].shape
+        return (coils, frames, kx, ky)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Writing the layout (synthetic data) and splitting a TrainingSet
+# Writing the layout (synthetic data, tests) and splitting a TrainingSet
 
 
 def write_patient(base: str | os.PathLike, patient: str, kspace: np.ndarray, accelerations: Sequence[int] = (4, 8, 10),
@@ -484,27 +428,3 @@ def split_training_set(training_set: str | os.PathLike, out: str | os.PathLike,
                     if not link.exists():
                         link.symlink_to((d / name).resolve(), target_is_directory=True)
     return splits
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mrirecon.data.cmrxrecon",
-                                description="CMRxRecon cine data: split a TrainingSet into train/val/test folders "
-                                            "of symbolic links (nothing is copied).")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("split", help="link patients of a TrainingSet into OUT/{train,val,test}")
-    s.add_argument("--training-set", required=True, type=Path, metavar="DIR",
-                   help="MultiCoil/Cine/TrainingSet (or a folder above it)")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    s.add_argument("--val", type=float, default=0.15, help="fraction of patients for validation (default 0.15)")
-    s.add_argument("--test", type=float, default=0.15, help="fraction of patients for test (default 0.15)")
-    args = p.parse_args(argv)
-    try:
-        splits = split_training_set(args.training_set, args.out, (args.val, args.test))
-    except DataError as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
-    for split, names in splits.items():
-        print(f"{split:>5}: {len(names)} patients ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -27,7 +27,7 @@ from mrirecon.training.module import ReconModule, load_module
 from mrirecon.training.run import RunCheckpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
-MASK = "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}"
+MASK = "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}"
 TINY = ["model.num_unrolls=2", "model.prox.channels=8", "train.log_every_n_steps=1", MASK]
 GLEAM = ["train.strategy=gleam", "train.num_modules=2"]
 

@@ -12,7 +12,7 @@ from mrirecon.training.module import load_module
 from mrirecon.training.run import train
 from mrirecon.training.strategies import Strategy, register_strategy, unique_parameters
 
-MASK = "data.mask={type: random, center_fractions: [0.125], accelerations: [4]}"
+MASK = "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}"
 
 
 class SplitEndToEnd(Strategy):

@@ -90,13 +90,36 @@ def test_layout_refuses_worlds_that_do_not_fit():
         load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=8", "train.pipeline.stages=3"])
 
 
+class ShapedItems:
+    """A stand-in dataset: only its length and the shape of each item matter to the batching."""
+
+    def __init__(self, shapes):
+        self.shapes = list(shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def item_shape(self, i):
+        return self.shapes[i]
+
+
 def test_replicas_take_disjoint_shards_of_the_epoch():
     cfg = load_config(None, ["train.strategy=gleam_pipeline", "train.pipeline.replicas=2", "data.batch_size=2"])
-    batches = train_batches(9, cfg, epoch=3)  # 5 batches, the last of one item
+    nine = ShapedItems([(4, 32, 32)] * 9)
+    batches = train_batches(nine, cfg, epoch=3)  # 5 batches, the last of one item
     shards = [replica_shard(batches, pipeline_layout(cfg, 4, r)) for r in range(4)]
     assert shards[0] == shards[2] and shards[1] == shards[3]  # replica d of every stage reads the same batches
     assert shards[0] == [batches[0], batches[2]] and shards[1] == [batches[1], batches[3]]
-    assert train_batches(9, cfg, epoch=3) == batches and train_batches(9, cfg, epoch=4) != batches
+    assert train_batches(nine, cfg, epoch=3) == batches and train_batches(nine, cfg, epoch=4) != batches
+
+
+def test_pipeline_batches_of_a_mixed_folder_hold_one_shape_each():
+    cfg = load_config(None, ["train.strategy=gleam_pipeline", "data.batch_size=2"])
+    shapes = [(4, 32, 32), (3, 24, 32)] * 4 + [(4, 32, 32)]
+    batches = train_batches(ShapedItems(shapes), cfg, epoch=1)
+    assert sorted(t % 9 for b in batches for t in b) == list(range(9))  # every item once
+    assert all(len({shapes[t % 9] for t in b}) == 1 for b in batches)
+    assert sorted(len(b) for b in batches) == [1, 2, 2, 2, 2]
 
 
 # ------------------------------------------------------------------------------------- exactness

@@ -38,7 +38,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 
 from ..atomic import folder_lock
 from ..config import Config, ConfigError, save_config
@@ -46,7 +46,7 @@ from ..evaluation.volumes import VolumeAccumulator
 from ..models.build import build_network
 from ..models.unrolled import UnrolledNet
 from ..training.checkpoints import file_sha256, load_checkpoint, save_checkpoint
-from ..data.datamodule import EpochSampler, EpochTagged, ReconDataModule
+from ..data.datamodule import EpochSampler, EpochTagged, ReconDataModule, shape_batches
 from ..training.guards import NonFiniteError, check_finite
 from ..training.losses import build_loss
 from ..training.run import apply_optimizer_changes, check_resume_compatible
@@ -63,12 +63,14 @@ from ..training.data_parallel import average_gradients
 
 
 # ------------------------------------------------------------------------------------------ batches
-def train_batches(num_items: int, cfg: Config, epoch: int) -> list[list[int]]:
+def train_batches(ds, cfg: Config, epoch: int) -> list[list[int]]:
     """The epoch's training batches as dataset indices tagged with the epoch (what Lightning's loader of
-    `ReconDataModule` yields for single-process training: EpochSampler, batch_size, last batch kept)."""
-    sampler = EpochSampler(num_items, cfg.train.seed)
+    `ReconDataModule` yields for single-process training: EpochSampler, batches of one shape, last kept)."""
+    n = len(ds)
+    sampler = EpochSampler(n, cfg.train.seed)
     sampler.set_epoch(epoch)
-    batches = list(BatchSampler(sampler, cfg.data.batch_size, drop_last=False))
+    shapes = [ds.item_shape(i) for i in range(n)]
+    batches = shape_batches(sampler, lambda tagged: shapes[tagged % n], cfg.data.batch_size)
     return batches[:batch_limit(len(batches), cfg.train.limit_train_batches)]
 
 
@@ -287,7 +289,7 @@ class PipelineStage:
         """Train this stage's modules on the epoch's batches from `progress.batch` on; returns steps done."""
         t = self.cfg.train
         ds = self.data.dataset("train")
-        batches = replica_shard(train_batches(len(ds), self.cfg, epoch), self.layout)[self.progress.batch:]
+        batches = replica_shard(train_batches(ds, self.cfg, epoch), self.layout)[self.progress.batch:]
         if t.max_steps > 0:
             batches = batches[:max(0, t.max_steps - self.progress.step)]
         if not batches:
@@ -319,7 +321,7 @@ class PipelineStage:
         if self.layout.replica != 0:
             return {}, (0.0, 0)
         ds = self.data.dataset("val")
-        batches = list(BatchSampler(range(len(ds)), self.cfg.data.batch_size, drop_last=False))
+        batches = shape_batches(range(len(ds)), ds.item_shape, self.cfg.data.batch_size)
         batches = batches[:batch_limit(len(batches), self.cfg.train.limit_val_batches)]
         acc = VolumeAccumulator({fi.path.name: fi.recon_size for fi in ds.files})
         loss_sum, count = 0.0, 0
@@ -516,10 +518,10 @@ def _run(cfg: Config, ctx: DistContext, layout: Layout, stage: PipelineStage, ru
     t, prog = cfg.train, stage.progress
     ckpt_dir = run_dir / "checkpoints"
     prog.best_path = checkpoint_in(prog.best_path, ckpt_dir, _old_checkpoint_folder(prog.best_path))
-    n_train = len(replica_shard(train_batches(len(stage.data.dataset("train")), cfg, 0), layout))
+    n_train = len(replica_shard(train_batches(stage.data.dataset("train"), cfg, 0), layout))
     if n_train == 0:
         raise ConfigError(f"train.pipeline.replicas: {layout.replicas} replicas per stage need at least as many "
-                          f"training batches per epoch, got {len(train_batches(len(stage.data.dataset('train')), cfg, 0))}")
+                          f"training batches per epoch, got {len(train_batches(stage.data.dataset('train'), cfg, 0))}")
     start = time.perf_counter()
     while not training_done(t, prog.epoch, prog.step):
         epoch = prog.epoch

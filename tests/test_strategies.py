@@ -216,7 +216,7 @@ def test_gleam_module_losses_are_those_of_the_chain_before_the_step():
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", ["e2e", "checkpoint", "invertible", "gleam"])
-def test_every_strategy_trains_the_same_network(name, layout):
+def test_every_strategy_lowers_the_training_loss_of_the_same_network(name, layout):
     batch = make_batch(layout)
     net = make_net(layout, dc="pgd", prox=INVERTIBLE_RESNET, num_unrolls=2, step_size_max=1.0, step_size_init=0.5)
     strategy = build_strategy(name, net, **({"num_modules": 2} if name == "gleam" else {}))

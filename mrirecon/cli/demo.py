@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_epochs=5")
     a = p.parse_args(argv)
+    from ..training.interrupts import TrainingInterrupted
+
     load_registries()
     try:
         demo.run(a.kind, Path(a.out), a.overrides, a.volumes, a.seed, progress=not a.no_progress,
                  anatomy=a.anatomy, synth_off=tuple(a.synth_off))
+    except TrainingInterrupted as e:  # Ctrl-C / SIGTERM during training: one line, as `mrirecon train`
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

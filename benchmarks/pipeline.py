@@ -64,20 +64,21 @@ def worker(args: argparse.Namespace) -> None:
 
     def measure(stage: P.PipelineStage) -> None:
         """After training, before the process group closes: this stage's memory."""
-        device = stage.ctx.device
+        device = stage.device
+        optimizers = stage.trainer.optimizers
         measured["run_peak_mib"] = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
         params = list(stage.net.parameters())  # everything the stage built, owned or not
-        measured["params_optimizer_mib"] = (_bytes(params) + _bytes(_optimizer_tensors(stage.optimizers))) / _MIB
+        measured["params_optimizer_mib"] = (_bytes(params) + _bytes(_optimizer_tensors(optimizers))) / _MIB
         # One module step of this stage on one training batch (no communication inside it).
-        batch = P._to(next(iter(stage._loader("train", [[0]]))), device)
+        batch = stage.example_batch()
         A = stage.net.sense(batch.maps, batch.mask)
         x0 = A.H(batch.kspace)
         m = stage.layout.modules[0]
         unrolls = stage.module_ranges[m]
         measured["module_step"] = measure_step_memory(
             lambda: train_greedy_module(stage.net, unrolls, x0, A, batch.kspace, batch.target, stage.loss_fn,
-                                        stage.optimizers[0]),
-            [stage.net.unrolls[i] for i in unrolls], [stage.optimizers[0]], [batch.kspace, batch.maps, x0], device)
+                                        optimizers[0]),
+            [stage.net.unrolls[i] for i in unrolls], [optimizers[0]], [batch.kspace, batch.maps, x0], device)
 
     result = P.train_pipeline(cfg, enable_progress_bar=False, after=measure)
     stage_holder = measured

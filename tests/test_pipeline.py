@@ -13,7 +13,7 @@ import torch
 
 from mrirecon.config import ConfigError, load_config
 from mrirecon.distributed.context import pipeline_layout
-from mrirecon.distributed.pipeline import replica_shard, train_batches
+from mrirecon.distributed.pipeline import StageData
 from mrirecon.training.checkpoints import load_checkpoint
 from mrirecon.training.module import load_module
 from mrirecon.training.run import train
@@ -90,36 +90,24 @@ def test_layout_refuses_worlds_that_do_not_fit():
         load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=8", "train.pipeline.stages=3"])
 
 
-class ShapedItems:
-    """A stand-in dataset: only its length and the shape of each item matter to the batching."""
+def test_replica_d_of_every_stage_reads_shard_d_of_each_epoch(synthetic):
+    """A stage's loader is single-process training's (EpochSampler, batches of one shape) on shard d of the
+    epoch, as Lightning's DDP shards it: the replicas of a stage split the epoch, every stage reads the same."""
+    cfg = load_config("configs/knee2d.yaml", [f"data.root={synthetic('knee2d')}", "train.strategy=gleam_pipeline",
+                                              "train.pipeline.replicas=2", "model.num_unrolls=2", "data.batch_size=1"])
 
-    def __init__(self, shapes):
-        self.shapes = list(shapes)
+    def batches(rank: int, epoch: int) -> list[list[int]]:
+        data = StageData(cfg, pipeline_layout(cfg, 4, rank))
+        sampler = data.train_dataloader().batch_sampler
+        sampler.sampler.set_epoch(epoch)
+        return list(sampler)
 
-    def __len__(self):
-        return len(self.shapes)
-
-    def item_shape(self, i):
-        return self.shapes[i]
-
-
-def test_replicas_take_disjoint_shards_of_the_epoch():
-    cfg = load_config(None, ["train.strategy=gleam_pipeline", "train.pipeline.replicas=2", "data.batch_size=2"])
-    nine = ShapedItems([(4, 32, 32)] * 9)
-    batches = train_batches(nine, cfg, epoch=3)  # 5 batches, the last of one item
-    shards = [replica_shard(batches, pipeline_layout(cfg, 4, r)) for r in range(4)]
-    assert shards[0] == shards[2] and shards[1] == shards[3]  # replica d of every stage reads the same batches
-    assert shards[0] == [batches[0], batches[2]] and shards[1] == [batches[1], batches[3]]
-    assert train_batches(nine, cfg, epoch=3) == batches and train_batches(nine, cfg, epoch=4) != batches
-
-
-def test_pipeline_batches_of_a_mixed_folder_hold_one_shape_each():
-    cfg = load_config(None, ["train.strategy=gleam_pipeline", "data.batch_size=2"])
-    shapes = [(4, 32, 32), (3, 24, 32)] * 4 + [(4, 32, 32)]
-    batches = train_batches(ShapedItems(shapes), cfg, epoch=1)
-    assert sorted(t % 9 for b in batches for t in b) == list(range(9))  # every item once
-    assert all(len({shapes[t % 9] for t in b}) == 1 for b in batches)
-    assert sorted(len(b) for b in batches) == [1, 2, 2, 2, 2]
+    shards = [batches(r, 3) for r in range(4)]  # ranks 0, 1: stage 0's replicas; 2, 3: stage 1's
+    assert shards[0] == shards[2] and shards[1] == shards[3]
+    n = len(StageData(cfg, pipeline_layout(cfg, 4, 0)).dataset("train"))
+    assert n % 2 == 0 and len(shards[0]) == len(shards[1]) == n // 2
+    assert sorted(i for b in shards[0] + shards[1] for i in b) == [i + 3 * n for i in range(n)]  # epoch 3, once each
+    assert batches(0, 4) != shards[0]
 
 
 # ------------------------------------------------------------------------------------- exactness
@@ -160,6 +148,60 @@ def test_resumed_pipeline_continues_exactly(synthetic, tmp_path, single_process)
     assert json.loads((run / "resumes.json").read_text())[0]["changed"]["train.max_steps"] == {"checkpoint": 7,
                                                                                                "now": STEPS}
     assert max_difference(net_weights(run / "checkpoints" / "last.ckpt"), single_process) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------ one loop
+def run_files(run: Path) -> dict:
+    """What a run folder holds: checkpoint files, the last checkpoint's keys and counters, validated epochs."""
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    header, *rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()]
+    psnr, epoch = header.index("val/psnr"), header.index("epoch")
+    return {"files": sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")),
+            "keys": sorted(set(last) - {"pipeline"}), "callbacks": sorted(last["callbacks"]),
+            "epoch": last["epoch"], "global_step": last["global_step"], "position": last["callbacks"]["StopOnSignal"],
+            "validated": sorted({int(float(r[epoch])) for r in rows if r[psnr]})}
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    # every 2nd epoch validated: epoch 1 of 0-2 only; the last epoch still leaves last.ckpt
+    (["train.max_epochs=3", "train.max_steps=-1", "train.check_val_every_n_epoch=2"],
+     {"files": ["best-epoch1.ckpt", "last.ckpt"], "validated": [1], "epoch": 2, "global_step": 6 * 4,
+      "position": {"epoch": 0, "batches": 0}}),
+    # max_steps ends inside epoch 1 (2 batches per epoch), which is not validated (Lightning's rule); last.ckpt
+    # holds the position inside the epoch, so --resume goes on with its second batch
+    (["train.max_steps=3", "train.limit_val_batches=1"],
+     {"files": ["best-epoch0.ckpt", "last.ckpt"], "validated": [0], "epoch": 1, "global_step": 3 * 4,
+      "position": {"epoch": 1, "batches": 1}}),
+])
+def test_the_pipeline_and_single_process_gleam_share_one_loop(synthetic, tmp_path, schedule, expected):
+    """The same Trainer (training/run.py) drives both: the same epochs validated, the same checkpoint files,
+    keys, counters and best record, and the same weights, whatever the limits and validation schedule."""
+    from mrirecon.distributed.pipeline import train_pipeline
+
+    args = overrides(synthetic("knee2d"), tmp_path, *schedule)
+    single = train(load_config("configs/knee2d.yaml", [*args, "train.strategy=gleam", "name=single"]),
+                   enable_progress_bar=False)
+    staged = train_pipeline(load_config("configs/knee2d.yaml", [*args, "train.strategy=gleam_pipeline", "name=staged"]),
+                            enable_progress_bar=False)
+    files = run_files(single.run_dir)
+    assert {k: files[k] for k in expected} == expected
+    assert run_files(staged.run_dir) == files
+    assert Path(staged.best_checkpoint).name == Path(single.best_checkpoint).name
+    assert staged.best_score == pytest.approx(single.best_score, abs=1e-4)
+    assert max_difference(net_weights(staged.last_checkpoint), net_weights(single.last_checkpoint)) <= 1e-5
+
+
+def test_a_run_resumed_where_max_steps_ended_inside_an_epoch_continues_exactly(synthetic, tmp_path):
+    """The shared loop's resume (single-process here; the pipeline's is test_resumed_pipeline_continues_exactly):
+    3 steps then 2 more equal 5 straight, though step 3 is the first of epoch 1's two batches."""
+    args = overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam", "model.num_unrolls=2")
+    straight = train(load_config("configs/knee2d.yaml", [*args, "train.max_steps=5", "name=straight"]),
+                     enable_progress_bar=False)
+    first = train(load_config("configs/knee2d.yaml", [*args, "train.max_steps=3", "name=resumed"]),
+                  enable_progress_bar=False)
+    resumed = train(load_config("configs/knee2d.yaml", [*args, "train.max_steps=5", "name=resumed"]),
+                    resume=first.last_checkpoint, enable_progress_bar=False)
+    assert max_difference(net_weights(resumed.last_checkpoint), net_weights(straight.last_checkpoint)) == 0.0
 
 
 # ------------------------------------------------------------------------------------------ faults

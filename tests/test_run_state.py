@@ -19,7 +19,7 @@ import torch
 
 import evaluate as evaluate_cli
 import train as train_cli
-from mrirecon.config import ConfigError, load_config
+from mrirecon.config import load_config
 from mrirecon.evaluation.runner import evaluate
 from mrirecon.training.checkpoints import load_checkpoint, save_checkpoint
 from mrirecon.training.interrupts import TrainingInterrupted
@@ -52,11 +52,25 @@ def scores(run_dir: Path) -> list[float]:
     return [float(r.split(",")[col]) for r in lines[1:] if r.split(",")[col]]
 
 
-def start_train(args: list[str]) -> subprocess.Popen:
+def start_train(args: list[str], session: bool = False) -> subprocess.Popen:
+    """train.py in a subprocess; `session`: in a session of its own, as a terminal starts a command (so that
+    a "terminal" Ctrl-C can go to its process group)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/knee2d.yaml"),
                              "--no-progress", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=session)
+
+
+def children(proc: subprocess.Popen) -> list[int]:
+    done = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True)
+    return sorted(int(pid) for pid in done.stdout.split())
+
+
+def ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"  # a zombie has ended
+    except (FileNotFoundError, IndexError):
+        return True
 
 
 def wait_for(condition, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
@@ -116,6 +130,53 @@ def test_train_py_stops_on_a_signal_with_one_line_and_a_resumable_checkpoint(syn
     resumed = train(config(synthetic, tmp_path, f"train.max_steps={step + 1}", "data.batch_size=1"),
                     resume=str(last), enable_progress_bar=False)
     assert load_checkpoint(resumed.last_checkpoint)["global_step"] == step + 1
+
+
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm"])
+def test_lightning_ddp_stops_on_a_signal_at_one_step_with_one_line(synthetic, tmp_path, signum, to_group):
+    """train.devices=2 (Lightning's DDP on CPU, gloo; Lightning starts the second process): Ctrl-C reaches
+    both processes (the terminal's process group), SIGTERM only the first; both stop after the same step,
+    rank 0 writes last.ckpt of it and alone says so, and --resume continues it."""
+    common = ["data.batch_size=1", *GLEAM, "train.devices=2", "train.accelerator=cpu"]
+    proc = start_train(settings(synthetic, tmp_path, "train.max_epochs=100000", *common), session=True)
+    last = tmp_path / "knee2d" / "version_0" / "checkpoints" / "last.ckpt"
+    wait_for(lambda: last.exists() and len(children(proc)) == 1, proc=proc)
+    (rank1,) = children(proc)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err + out and "KeyboardInterrupt" not in err + out
+    name = signal.Signals(signum).name
+    (line,) = [line for line in err.splitlines() if "stopped" in line.lower() or name in line]
+    assert err.rstrip().endswith(line)
+    assert line.startswith(f"stopped: training stopped by {name}: {last} holds training step ")
+    step = int(line.split("holds training step ")[1].split(";")[0])
+    assert load_checkpoint(last)["global_step"] == 2 * step  # each batch steps GLEAM's 2 module optimizers
+    wait_for(lambda: ended(rank1), timeout=10)
+    # the checkpoint is whole: --resume continues it (here on one process, which takes the other half of
+    # the epoch the two processes shared)
+    resumed = train(config(synthetic, tmp_path, f"train.max_steps={step + 1}", "data.batch_size=1", *GLEAM),
+                    resume=str(last), enable_progress_bar=False)
+    assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 2 * (step + 1)
+
+
+def test_a_killed_ddp_process_ends_the_run_with_exit_4_and_one_line(synthetic, tmp_path):
+    """`kill -9` of Lightning's second DDP process: the first one's next collective fails; it says so in one
+    line naming the checkpoint to resume from (exit 4) instead of gloo's traceback."""
+    proc = start_train(settings(synthetic, tmp_path, "train.max_epochs=100000", "data.batch_size=1", *GLEAM,
+                                "train.devices=2", "train.accelerator=cpu"))
+    last = tmp_path / "knee2d" / "version_0" / "checkpoints" / "last.ckpt"
+    wait_for(lambda: last.exists() and len(children(proc)) == 1, proc=proc)
+    os.kill(children(proc)[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4, err
+    assert "Traceback" not in err + out and "Connection reset" not in err, err
+    assert err.rstrip().splitlines()[-1] == (
+        "error: data-parallel training, rank 0: another process of the run has died or stopped answering (its "
+        f"connection closed); `mrirecon train --resume {last}` goes on from its last epoch")
 
 
 # ---------------------------------------------------------------------------------- one writer per run
@@ -343,20 +404,6 @@ def test_a_whole_number_limit_is_a_count_of_batches(synthetic, tmp_path):
     result = train(config(synthetic, tmp_path, "data.batch_size=1", "train.limit_train_batches=2",
                           "train.max_epochs=1"), enable_progress_bar=False)
     assert load_checkpoint(result.last_checkpoint)["global_step"] == 2
-
-
-def test_the_pipeline_records_its_best_checkpoint_relative_to_the_run_folder(tmp_path):
-    from mrirecon.distributed.pipeline import _Progress, merged_checkpoint
-    from mrirecon.training.run_folder import checkpoint_in
-
-    cfg = load_config(None, ["train.strategy=gleam_pipeline", "model.num_unrolls=2"])
-    progress = _Progress(epoch=4, step=8, best_score=30.0, best_path=str(tmp_path / "a" / "best-epoch3.ckpt"))
-    recorded = merged_checkpoint(cfg, [], progress, epoch=3)["pipeline"]["best_path"]
-    assert recorded == "best-epoch3.ckpt"
-    copy = tmp_path / "copy" / "checkpoints"
-    assert checkpoint_in(recorded, copy) == str(copy / "best-epoch3.ckpt")
-    # an older checkpoint with an absolute path into the folder it was written in: moved into this one
-    assert checkpoint_in(str(tmp_path / "a" / "best-epoch3.ckpt"), copy, str(tmp_path / "a")) == str(copy / "best-epoch3.ckpt")
 
 
 # ---------------------------------------------------------------------------------- the pipeline, in one process

@@ -2,10 +2,10 @@
 and Ctrl-C / SIGTERM to torchrun, on 2 CPU processes (gloo, one thread each) launched by torchrun.
 
 Every stage ends within train.pipeline.timeout_s plus a few seconds, says which stage failed and exits
-with status 4; a stop by signal leaves last.ckpt of one common step that --resume continues.
+with status 4; a stop by signal leaves last.ckpt of one common step that --resume continues. The same
+under `mrirecon launch` (one line instead of torchrun's tracebacks) is in test_launch.py.
 """
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,17 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 8
 
 
-# mrirecon.distributed.launch: torchrun's launcher with its failures in one line instead of a traceback
-LAUNCH = ["-c", "import sys; from mrirecon.distributed.launch import launch; code, why = launch(sys.argv[1:]); "
-                "why and print(why, file=sys.stderr); sys.exit(code)"]
-
-
-def launch(args, state: Path, *, env_extra=None, launcher=("-m", "torch.distributed.run")) -> subprocess.Popen:
+def launch(args, state: Path, *, env_extra=None) -> subprocess.Popen:
     """torchrun with 2 stages in its own session (so a "terminal" Ctrl-C can reach the whole group)."""
     state.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RUN_STATE_DIR": str(state),
            **(env_extra or {})}
-    cmd = [sys.executable, *launcher, "--master_addr", "127.0.0.1", "--master_port",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--master_addr", "127.0.0.1", "--master_port",
            str(free_port()), "--nproc_per_node", "2", str(ROOT / "tests" / "pipeline_fault.py"),
            "--config", str(ROOT / "configs/knee2d.yaml"), "--no-progress", *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -118,25 +113,3 @@ def test_ctrl_c_or_sigterm_to_torchrun_stops_every_stage_at_one_step(synthetic, 
     output, _ = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, output
     assert load_checkpoint(last)["pipeline"]["step"] == step + 2
-
-
-@pytest.mark.parametrize("event", ["kill", "ctrl-c"])
-def test_the_launcher_reports_in_one_line_without_tracebacks(synthetic, tmp_path, event):
-    """mrirecon.distributed.launch runs torchrun and says its own failure in one line: exit 4 when a stage
-    was killed (the survivor's status), 130 on Ctrl-C; no traceback from any process."""
-    out, state = tmp_path / "runs", tmp_path / "state"
-    proc = launch(long_run(synthetic("knee2d"), out), state, launcher=LAUNCH)
-    pids = started(state, out, proc)
-    if event == "kill":
-        os.kill(pids[1], signal.SIGKILL)
-    else:
-        os.killpg(proc.pid, signal.SIGINT)
-    output, _ = proc.communicate(timeout=90)
-    assert "Traceback" not in output, output
-    if event == "kill":
-        assert proc.returncode == 4, output
-        assert "stage 1 (rank 1) has died" in output
-        assert re.search(r"torchrun: [12] process\(es\) failed; the first was rank [01] ", output), output
-    else:
-        assert proc.returncode == 130, output
-        assert "torchrun: stopped by SIGINT" in output and output.count("stopped: training stopped by SIGINT") == 1

@@ -135,10 +135,15 @@ class ReconDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.cfg.data.num_workers,
                           persistent_workers=False)
 
+    def data_parallel_shard(self) -> tuple[int, int]:
+        """(replicas, this process's replica) that share each epoch: Lightning's DDP world, else (1, 0). A
+        pipeline stage overrides it (replica d of every stage reads shard d)."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        trainer = getattr(self, "trainer", None)  # Lightning's DDP: this process's shard of every epoch
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        replicas, rank = self.data_parallel_shard()  # this process's shard of every epoch
         sampler = EpochSampler(len(ds), self.cfg.train.seed, replicas=replicas, rank=rank)
         batches = ShapeBatchSampler(sampler, [ds.item_shape(i) for i in range(len(ds))], self.cfg.data.batch_size)
         batches.start = self.resume_at

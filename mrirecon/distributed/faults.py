@@ -70,7 +70,7 @@ class Faults:
 
     def error(self, what: str, error: BaseException | None, peer_rank: int | None = None) -> PipelineError:
         """The PipelineError for a wait (`what`, e.g. "receiving image 3 from stage 0") that failed with `error`."""
-        detail = _backend_detail(error)
+        detail = backend_detail(error)
         failed = self.peers.failed()
         deadline = time.monotonic() + 2.0
         while not failed and detail == "its connection closed" and time.monotonic() < deadline:
@@ -99,7 +99,7 @@ class Faults:
             raise error
 
 
-def _backend_detail(error: BaseException | None) -> str:
+def backend_detail(error: BaseException | None) -> str:
     """What a backend error says, in words (gloo's messages carry source locations and advice)."""
     if error is None:
         return ""
@@ -114,4 +114,4 @@ def _backend_detail(error: BaseException | None) -> str:
 
 
 
-__all__ = ["PipelineError", "Faults", "STOP_REQUESTED", "STOP_AT", "GAVE_UP"]
+__all__ = ["PipelineError", "Faults", "STOP_REQUESTED", "STOP_AT", "GAVE_UP", "backend_detail"]

@@ -1,35 +1,42 @@
-"""Pipeline-parallel GLEAM on torch.distributed (`train.strategy: gleam_pipeline`, launched by torchrun).
+"""Pipeline-parallel GLEAM on torch.distributed (`train.strategy: gleam_pipeline`, launched by torchrun),
+trained by the same Lightning Trainer as single-process training (training/run.py: `build_trainer`, `fit`).
 
 GLEAM's modules train on decoupled losses: module k needs only the detached output image of module
 k-1. So K stage processes each own a contiguous group of modules (their unrolls, losses and Adam
 optimizers) and run as a pipeline: stage k trains on batch t while stage k-1 already trains on batch
 t+1. Only the image estimate travels between stages (point-to-point, asynchronous, one tensor per
-batch); every stage reads the same batches itself (same seeded sampler, same per-file mask seeds), so
-k-space, coil maps and targets never leave the process that reads them. With D replicas per stage
-(world = K x D), replica d of every stage forms one chain on its own shard of each epoch's batches and
-the replicas of a stage average their gradients before every optimizer step (all-reduce on the stage's
-group), which is data parallelism inside each stage.
+batch); every stage reads the same batches itself (the same data module, seeded sampler and per-file mask
+seeds), so k-space, coil maps and targets never leave the process that reads them. With D replicas per
+stage (world = K x D), replica d of every stage reads shard d of each epoch and the replicas of a stage
+average their gradients before every optimizer step (all-reduce on the stage's group).
 
-Every module is trained by `train_greedy_module`, the same function single-process GLEAM uses, on the
-same batches in the same order, so the parameters equal those of single-process GLEAM (tested).
-Validation runs the chain once per epoch (anytime metrics of every module, gathered to rank 0);
-rank 0 logs to the run directory's metrics.csv and writes last.ckpt / best-epoch<e>.ckpt in the format
-`evaluate.py` loads; each stage also writes its own part (stages/stage<k>.ckpt).
+Each rank runs its stage as a LightningModule (`PipelineStage`, a ReconModule that builds only its own
+unrolls) on a Trainer built by `build_trainer`: limits, validation schedule, scheduler stepping, best/last
+checkpoints, logging, resume and the Ctrl-C / SIGTERM stop are Lightning's and run.py's, for both paths.
+`StageStrategy` tells Lightning this process's rank (only rank 0 logs and writes the run folder) and
+runs its decisions (checkpoint or not, best or not) as collectives over the process group, so every stage
+takes the same ones; a checkpoint is gathered from the stages' parts (`on_save_checkpoint`), so rank 0
+writes the whole network's, which `evaluate` loads like any other. The strategy reports a world of one
+to Lightning's loops: with a larger one they broadcast a SIGTERM flag before every batch, a collective
+that would hold every stage in step with the others (no pipelining) and outside our fault handling.
+Validation runs through the stages as training does; the metrics are gathered to every rank. Every
+module is trained by `train_greedy_module`, the function single-process GLEAM uses, on the same batches
+in the same order, so the weights equal those of single-process GLEAM (tested).
 
 Faults: any wait on another process (a link or a collective) times out after `train.pipeline.timeout_s`;
 every stage then stops with a PipelineError naming the stage that failed (exit status 4): one that died
 (its process has ended, e.g. `kill -9`), one that is stopped (SIGSTOP: it is ended with SIGKILL, as torchrun
 would after --shutdown_timeout, so every stage ends) or one that did not answer. A stage that torchrun
 stops because another one died says which one. Ctrl-C / SIGTERM (to torchrun or to a stage) stop every
-stage after one common training step: rank 0 fixes the step (a key in the rendezvous store), every stage
-trains up to it, and rank 0 writes last.ckpt of that step (exit status 128 + the signal's number).
+stage after one common training step: rank 0 fixes the step (a key in the rendezvous store, not a
+collective per step), every stage trains up to it, and rank 0 writes last.ckpt of that step (exit status
+128 + the signal's number).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
-import math
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,67 +44,33 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from lightning_fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.strategies import SingleDeviceStrategy
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from ..atomic import folder_lock
-from ..config import Config, ConfigError, save_config
-from ..evaluation.volumes import VolumeAccumulator
-from ..models.build import build_network
-from ..models.unrolled import UnrolledNet
-from ..training.checkpoints import file_sha256, load_checkpoint, save_checkpoint
-from ..data.datamodule import EpochSampler, EpochTagged, ReconDataModule, shape_batches
-from ..training.guards import NonFiniteError, check_finite
-from ..training.losses import build_loss
-from ..training.run import apply_optimizer_changes, check_resume_compatible
-from ..training.run_folder import (check_output_dir, check_run_name, checkpoint_in, record_resume,
-                                   remove_if_empty, resumed_run_dir, run_loggers)
-from ..training.module import module_summary, validation_log
-from ..training.optim import build_optimizers
-from ..training.schedule import batch_limit, training_done, validation_due
-from ..training.strategies import greedy_modules, module_parameters, train_greedy_module
-from ..training.interrupts import StopRequests, TrainingInterrupted
-from .context import DistContext, Layout, Peers, default_store, init_distributed, pipeline_layout
-from .faults import STOP_AT, STOP_REQUESTED, Faults, PipelineError
+from ..config import Config, ConfigError
+from ..data.datamodule import ReconDataModule
+from ..training.checkpoints import save_checkpoint
 from ..training.data_parallel import average_gradients
-
-
-# ------------------------------------------------------------------------------------------ batches
-def train_batches(ds, cfg: Config, epoch: int) -> list[list[int]]:
-    """The epoch's training batches as dataset indices tagged with the epoch (what Lightning's loader of
-    `ReconDataModule` yields for single-process training: EpochSampler, batches of one shape, last kept)."""
-    n = len(ds)
-    sampler = EpochSampler(n, cfg.train.seed)
-    sampler.set_epoch(epoch)
-    shapes = [ds.item_shape(i) for i in range(n)]
-    batches = shape_batches(sampler, lambda tagged: shapes[tagged % n], cfg.data.batch_size)
-    return batches[:batch_limit(len(batches), cfg.train.limit_train_batches)]
-
-
-def replica_shard(batches: list[list[int]], layout: Layout) -> list[list[int]]:
-    """Replica d's batches: d, d + D, ... of the epoch. The last D-1 batches at most are left out when D does
-    not divide their number (every step all-reduces across the D replicas of a stage)."""
-    steps = len(batches) // layout.replicas
-    return [batches[t * layout.replicas + layout.replica] for t in range(steps)]
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    return type(batch)(*(v.to(device) if isinstance(v, Tensor) else v for v in batch))
+from ..training.guards import NonFiniteError, check_finite
+from ..training.interrupts import StopRequests, TrainingInterrupted
+from ..training.module import ReconModule, module_summary, validation_log
+from ..training.run import RunResult, StopOnSignal, build_trainer, check_resume_compatible, fit
+from ..training.run_folder import check_output_dir, check_run_name, remove_if_empty, resumed_run_dir, run_loggers
+from ..training.strategies import greedy_modules, train_greedy_module
+from .context import Layout, Peers, default_store, init_distributed, pipeline_layout
+from .faults import STOP_AT, STOP_REQUESTED, Faults, PipelineError
 
 
 # --------------------------------------------------------------------------------- point-to-point
-@dataclass
-class _Recv:
-    buffer: Tensor
-    work: Any
-    tag: int
-
-
 class StageLink:
-    """Image estimates between neighbouring stages: asynchronous sends (at most `in_flight` pending) and
-    receives posted ahead of the work that needs them; every wait times out naming the other stage."""
+    """Image estimates between neighbouring stages: asynchronous sends (at most `in_flight` pending, so a stage
+    runs ahead of the next one) and receives; every wait times out naming the other stage."""
 
-    def __init__(self, layout: Layout, timeout_s: float, faults: "Faults", in_flight: int = 2):
+    def __init__(self, layout: Layout, timeout_s: float, faults: Faults, in_flight: int = 2):
         self.layout, self.in_flight, self.faults = layout, in_flight, faults
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self._sends: list[tuple[Any, Tensor, int]] = []
@@ -113,8 +86,8 @@ class StageLink:
         if ok is False:
             raise self.faults.error(what, None, peer)
 
-    def post_recv(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> _Recv:
-        """Post the receive of the previous stage's next image, a complex (B, M, *S) tensor sent as real pairs."""
+    def receive(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The previous stage's next image, a complex (B, M, *S) tensor sent as real pairs."""
         buffer = torch.empty((*shape, 2), dtype=torch.empty((), dtype=dtype).real.dtype, device=device)
         tag, self._recv_tag = self._recv_tag, self._recv_tag + 1
         peer = self.layout.rank_of(self.layout.stage - 1)
@@ -123,17 +96,14 @@ class StageLink:
         except RuntimeError as e:  # the connection to the peer is already gone
             raise self.faults.error(f"receiving image {tag} from stage {self.layout.stage - 1} (rank {peer})", e,
                                     peer) from None
-        return _Recv(buffer, work, tag)
-
-    def wait_recv(self, r: _Recv) -> Tensor:
-        self._wait(r.work, self.layout.stage - 1, f"receiving image {r.tag} from")
-        return torch.view_as_complex(r.buffer)
+        self._wait(work, self.layout.stage - 1, f"receiving image {tag} from")
+        return torch.view_as_complex(buffer)
 
     def send(self, x: Tensor) -> None:
         """Send the image on to the next stage without waiting for it to be received."""
         while len(self._sends) >= self.in_flight:
             self._finish_oldest()
-        data = torch.view_as_real(x).contiguous()
+        data = torch.view_as_real(x.detach()).contiguous()
         tag, self._send_tag = self._send_tag, self._send_tag + 1
         peer = self.layout.rank_of(self.layout.stage + 1)
         try:
@@ -152,76 +122,114 @@ class StageLink:
             self._finish_oldest()
 
 
-# ------------------------------------------------------------------------------------ the stage
-@dataclass
-class StageResult:
-    run_dir: Path
-    best_checkpoint: str | None
-    last_checkpoint: str | None
-    train_seconds: float
-    best_score: float | None
-    step_seconds: float = 0.0
-    steps: int = 0
-    stage: int = 0
-    rank: int = 0
-    peak_memory_mib: float | None = None
+# ------------------------------------------------------------------------------ Lightning's parts
+class StageData(ReconDataModule):
+    """A stage's data: the batches of single-process training; replica d of every stage reads shard d."""
+
+    def __init__(self, cfg: Config, layout: Layout):
+        super().__init__(cfg)
+        self.layout = layout
+
+    def data_parallel_shard(self) -> tuple[int, int]:
+        return self.layout.replicas, self.layout.replica
 
 
-@dataclass
-class _Progress:
-    epoch: int = 0          # the epoch being trained
-    batch: int = 0          # steps of that epoch already done (resume mid-epoch)
-    step: int = 0           # steps done in total (a step: one batch per replica through this stage)
-    best_score: float | None = None
-    best_path: str | None = None
+class StageStrategy(SingleDeviceStrategy):
+    """One pipeline process on one device: Lightning learns its rank (only rank 0 logs and writes files) and
+    runs its barriers, broadcasts and decisions as collectives over the process group, each failing into a
+    PipelineError that names the stage (Faults). World size stays 1 for Lightning's loops (module docstring)."""
+
+    strategy_name = "mrirecon_pipeline_stage"
+
+    def __init__(self, device: torch.device, layout: Layout, faults: Faults):
+        super().__init__(device=device)
+        self.layout, self.faults = layout, faults
+        self.global_rank = layout.rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.layout.rank == 0
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        rank_zero_only.rank = fabric_rank_zero_only.rank = self.layout.rank
+
+    def _collective(self, what: str, fn: Callable[[], Any]) -> Any:
+        return self.faults.collective(what, fn) if self.layout.world_size > 1 else fn()
+
+    def barrier(self, name: str | None = None, *args: Any, **kwargs: Any) -> None:
+        if self.layout.world_size > 1:
+            self._collective(f"waiting for every stage ({name or 'barrier'})", dist.barrier)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        self._collective("waiting for rank 0's decision", lambda: dist.broadcast_object_list(box, src=src))
+        return box[0]
+
+    def all_gather_object(self, obj: Any, what: str = "gathering from every stage") -> list:
+        out: list = [None] * self.layout.world_size
+        self._collective(what, lambda: dist.all_gather_object(out, obj))
+        return out
+
+    def gather_object(self, obj: Any, what: str = "gathering on rank 0") -> list | None:
+        """`obj` of every rank, on rank 0 (None on the others)."""
+        out: list | None = [None] * self.layout.world_size if self.layout.rank == 0 else None
+        self._collective(what, lambda: dist.gather_object(obj, out, dst=0))
+        return out
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+        votes = self.all_gather_object(bool(decision), "agreeing on a checkpoint decision")
+        return sum(votes) == len(votes) if all else any(votes)
 
 
-class PipelineStage:
-    """One process of the pipeline: its unrolls, modules, optimizers and its part of the loop."""
+class PipelineStage(ReconModule):
+    """One process of the pipeline: its unrolls (the others are placeholders), its modules' optimizers (built
+    as single-process GLEAM builds them, `configure_optimizers` of ReconModule) and its part of each step."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, layout: Layout):
-        self.cfg, self.ctx, self.layout, t = cfg, ctx, layout, cfg.train
-        if t.precision not in ("32-true", "32"):
-            raise ConfigError(f"train.precision: the pipeline trains in 32-true only, got {t.precision!r}")
-        if cfg.model.share_weights:
-            raise ConfigError("model.share_weights: gleam_pipeline trains modules independently; use share_weights: false")
-        pl.seed_everything(t.seed, workers=True, verbose=False)
-        self.data = ReconDataModule(cfg)
-        self.data.setup("fit")  # validates every file before the first step
-        all_modules = greedy_modules(cfg.model.num_unrolls, t.num_modules)
+    def __init__(self, cfg: Config, layout: Layout):
+        all_modules = greedy_modules(cfg.model.num_unrolls, cfg.train.num_modules)
+        super().__init__(cfg.to_dict(), owned=[i for m in layout.modules for i in all_modules[m]])
+        self.layout = layout
         self.module_ranges = {m: all_modules[m] for m in layout.modules}
-        owned = [i for m in layout.modules for i in all_modules[m]]
-        self.net: UnrolledNet = build_network(cfg, owned=owned).to(ctx.device)
-        groups = [module_parameters(self.net, self.module_ranges[m]) for m in layout.modules]
-        self.optimizers, self.schedulers = build_optimizers(t, groups)
-        self.groups = groups
-        self.loss_fn = build_loss(t.loss)
-        self.peers = Peers.exchange(layout.rank, layout.world_size)
-        self.faults = Faults(layout, self.peers, t.pipeline.timeout_s)
-        self.link = StageLink(layout, t.pipeline.timeout_s, self.faults)
-        self.requests: StopRequests | None = None  # set by train_pipeline while training
-        self.stop_at: int | None = None   # the common step every stage stops before (Ctrl-C / SIGTERM)
-        self.stop_signal: int | None = None
-        # Every rank creates every stage group, in the same order (torch.distributed requires it).
-        self.stage_group = None
-        for s in range(layout.stages):
-            g = dist.new_group(layout.stage_ranks(s)) if layout.replicas > 1 else None
-            if s == layout.stage:
-                self.stage_group = g
-        self.progress = _Progress()
+        self._prefixes = tuple(f"net.unrolls.{i}." for m in layout.modules for i in all_modules[m])
+        self.link: StageLink | None = None       # set by train_pipeline
+        self.stage_group: Any = None             # the stage's replicas (D > 1)
+        self.part_path: Path | None = None       # where this stage writes its own part of every checkpoint
         self.skipped_steps = 0
-        self.step_seconds = 0.0
+        self._losses: list[tuple[int, dict[int, float]]] = []
+        self._val_loss = [0.0, 0]
 
-    # ------------------------------------------------------------------ training
-    def _before_step(self, m: int) -> Callable[[Tensor], None]:
-        params = self.groups[m - self.layout.modules.start]
+    def param_groups(self) -> list[list[torch.nn.Parameter]]:
+        """GLEAM's groups (one per module), this stage's modules only."""
+        groups = super().param_groups()
+        return [groups[m] for m in self.layout.modules]
+
+    @property
+    def steps(self) -> int:
+        """Training batches done (Lightning counts optimizer steps: one per module of this stage per batch)."""
+        return self.trainer.global_step // len(self.layout.modules)
+
+    # ------------------------------------------------------------------ the chain
+    def _image_in(self, batch: Any, A: Any) -> Tensor:
+        """Stage 0 starts from the zero-filled image A^H y; the others receive the previous stage's output."""
+        if self.layout.is_first:
+            return A.H(batch.kspace)
+        shape = (batch.kspace.shape[0], self.cfg.model.num_maps, *batch.kspace.shape[2:])  # what A^H gives
+        return self.link.receive(shape, batch.kspace.dtype, self.device)
+
+    def _image_out(self, x: Tensor) -> None:
+        if not self.layout.is_last:
+            self.link.send(x)
+
+    def _before_step(self, m: int, step: int) -> Callable[[Tensor], None]:
+        params = self.trainer.optimizers[m - self.layout.modules.start].param_groups[0]["params"]
 
         def hook(loss: Tensor) -> None:
             if self.stage_group is not None:  # data parallel inside the stage; the loss is averaged along
-                self.faults.collective(f"averaging module {m + 1}'s gradients with the other replicas of this stage",
-                                       lambda: average_gradients(params, self.stage_group, extra=loss))
+                self.link.faults.collective(f"averaging module {m + 1}'s gradients with the other replicas of "
+                                            "this stage", lambda: average_gradients(params, self.stage_group, extra=loss))
             try:
-                check_finite({f"loss_module{m + 1}": loss}, step=self.progress.step, params=params, module=m + 1)
+                check_finite({f"loss_module{m + 1}": loss}, step=step, params=params, module=m + 1)
             except NonFiniteError:
                 if self.cfg.train.nonfinite != "skip":
                     raise
@@ -230,152 +238,186 @@ class PipelineStage:
                 self.skipped_steps += 1
         return hook
 
-    def stop_due(self) -> bool:
-        """Whether to stop before the next training step. The first Ctrl-C / SIGTERM anywhere is announced in
-        the store; rank 0 answers it by fixing the stop step (its next step + 1, which every rank reaches after
-        the announcement: replicas are in step with rank 0, later stages behind it); every rank stops there."""
-        if self.stop_at is None:
-            store, signum = default_store(), self.requests.signum if self.requests else None
-            if signum is not None and self.stop_signal is None:
-                self.stop_signal = signum
-                store.set(STOP_REQUESTED, str(signum))
-            if self.layout.rank == 0:
-                if signum is not None or store.check([STOP_REQUESTED]):
-                    self.stop_signal = self.stop_signal or int(store.get(STOP_REQUESTED))
-                    self.stop_at = self.progress.step + 1
-                    store.set(STOP_AT, str(self.stop_at))
-            elif store.check([STOP_AT]):
-                self.stop_at = int(store.get(STOP_AT))
-                self.stop_signal = self.stop_signal or int(store.get(STOP_REQUESTED))
-        return self.stop_at is not None and self.progress.step >= self.stop_at
+    def training_step(self, batch, batch_idx):
+        A = self.net.sense(batch.maps, batch.mask)
+        x = self._image_in(batch, A)
+        step, losses = self.steps, {}
+        for m, opt in zip(self.layout.modules, self._optimizer_list()):
+            x, loss = train_greedy_module(self.net, self.module_ranges[m], x, A, batch.kspace, batch.target,
+                                          self.loss_fn, opt, backward=self.manual_backward,
+                                          before_step=self._before_step(m, step))
+            losses[m + 1] = float(loss)
+        self._image_out(x)
+        self._losses.append((step, losses))
+        last = max(losses)
+        self.log(f"train/loss_module{last}", losses[last], prog_bar=True, logger=False,
+                 batch_size=batch.kspace.shape[0])
 
-    def _loader(self, split: str, batches: list[list[int]]) -> DataLoader:
-        ds = self.data.dataset(split)
-        data = EpochTagged(ds, ds.transform)  # workers read and mask; the batch transform runs in fetch()
-        return DataLoader(data, batch_sampler=batches, num_workers=self.cfg.data.num_workers)
+    def log_training_losses(self) -> None:
+        """Rank 0 logs every stage's module losses of the steps since the last call (rows as single-process
+        GLEAM's: train/loss_module<k>, train/loss of the last module, every log_every_n_steps batches)."""
+        every = self.trainer.strategy.gather_object(self._losses, "gathering the module losses on rank 0")
+        self._losses = []
+        if every is None:
+            return
+        by_step: dict[int, dict[int, list[float]]] = {}
+        for losses in every:
+            for s, row in losses:
+                for m, loss in row.items():
+                    by_step.setdefault(s, {}).setdefault(m, []).append(loss)
+        n, last = self.cfg.train.log_every_n_steps, self.cfg.train.num_modules
+        for s in sorted(by_step):
+            if (s + 1) % n == 0:  # Lightning's rule for logging a step
+                row = {f"train/loss_module{m}": sum(v) / len(v) for m, v in by_step[s].items()}
+                if last in by_step[s]:
+                    row["train/loss"] = row[f"train/loss_module{last}"]
+                for logger in self.loggers:
+                    logger.log_metrics({**row, "epoch": self.current_epoch}, step=s)
 
-    def _chain(self, loader: DataLoader, work: Callable[[Any, Tensor, Any], Tensor], stoppable: bool = False) -> int:
-        """Run `work(batch, x_in, A) -> x_out` over the loader as a link of the chain: the first stage starts
-        from the zero-filled image, the others receive theirs (posted one batch ahead); all but the last
-        send their output on. `stoppable`: a stop request ends it before a batch (`stop_due`). Returns the
-        number of batches done."""
-        first, last = self.layout.is_first, self.layout.is_last
-        batches = iter(loader)
-
-        def fetch():
-            b = next(batches, None)
-            if b is None:
-                return None
-            b = self.data.batch_transform(_to(b, self.ctx.device))
-            image = (b.kspace.shape[0], self.cfg.model.num_maps, *b.kspace.shape[2:])  # what A^H gives
-            return b, (None if first else self.link.post_recv(image, b.kspace.dtype, self.ctx.device))
-
-        done, pending = 0, fetch()
-        while pending is not None:
-            if stoppable and self.stop_due():
-                break  # the receive posted for this batch is left: no stage sends it
-            batch, recv = pending
-            pending = fetch()  # the next batch is read and its receive posted before this one's work
-            A = self.net.sense(batch.maps, batch.mask)
-            x = A.H(batch.kspace) if first else self.link.wait_recv(recv)
-            x = work(batch, x, A)
-            if not last:
-                self.link.send(x)
-            done += 1
+    def on_train_epoch_end(self):
+        super().on_train_epoch_end()  # the schedulers step
         self.link.flush()
-        return done
-
-    def train_epoch(self, epoch: int, losses: list, bar: Any) -> int:
-        """Train this stage's modules on the epoch's batches from `progress.batch` on; returns steps done."""
-        t = self.cfg.train
-        ds = self.data.dataset("train")
-        batches = replica_shard(train_batches(ds, self.cfg, epoch), self.layout)[self.progress.batch:]
-        if t.max_steps > 0:
-            batches = batches[:max(0, t.max_steps - self.progress.step)]
-        if not batches:
-            return 0
-
-        def work(batch, x, A):
-            start = time.perf_counter()
-            for m, opt in zip(self.layout.modules, self.optimizers):
-                x, loss = train_greedy_module(self.net, self.module_ranges[m], x, A, batch.kspace, batch.target,
-                                              self.loss_fn, opt, before_step=self._before_step(m))
-                losses.append((self.progress.step, m + 1, float(loss)))
-            if self.ctx.device.type == "cuda":
-                torch.cuda.synchronize(self.ctx.device)
-            self.step_seconds += time.perf_counter() - start
-            self.progress.step += 1
-            self.progress.batch += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({f"loss_module{losses[-1][1]}": f"{losses[-1][2]:.4g}"}, refresh=False)
-            return x
-
-        self.net.train()
-        return self._chain(self._loader("train", batches), work, stoppable=True)
+        self.log_training_losses()
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
-    def validate(self) -> tuple[dict[int, dict], tuple[float, int]]:
-        """Anytime metrics of this stage's modules on the validation split (replica 0 chain only)."""
-        if self.layout.replica != 0:
-            return {}, (0.0, 0)
-        ds = self.data.dataset("val")
-        batches = shape_batches(range(len(ds)), ds.item_shape, self.cfg.data.batch_size)
-        batches = batches[:batch_limit(len(batches), self.cfg.train.limit_val_batches)]
-        acc = VolumeAccumulator({fi.path.name: fi.recon_size for fi in ds.files})
-        loss_sum, count = 0.0, 0
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._val_loss = [0.0, 0]
 
-        def work(batch, x, A):
-            nonlocal loss_sum, count
-            images = {}
-            for m in self.layout.modules:
-                x = self.net.apply_unrolls(x, A, batch.kspace, self.module_ranges[m])
-                images[f"module{m + 1}"] = x
-            images["target"] = batch.target
-            acc.add_batch(batch, images)
-            if self.layout.is_last:
-                bs = batch.kspace.shape[0]
-                loss_sum += float(self.loss_fn(x, batch.target)) * bs
-                count += bs
-            return x
+    def validation_step(self, batch, batch_idx):
+        A = self.net.sense(batch.maps, batch.mask)
+        x = self._image_in(batch, A)
+        images = {}
+        for m in self.layout.modules:
+            x = self.net.apply_unrolls(x, A, batch.kspace, self.module_ranges[m])
+            images[f"module{m + 1}"] = x
+        self._image_out(x)
+        images["target"] = batch.target
+        self._val.add_batch(batch, images)
+        if self.layout.is_last:
+            bs = batch.kspace.shape[0]
+            self._val_loss[0] += float(self.loss_fn(x, batch.target)) * bs
+            self._val_loss[1] += bs
 
-        self.net.eval()
-        self._chain(self._loader("val", batches), work)
-        vols = acc.volumes()
-        return {m + 1: module_summary(vols, f"module{m + 1}", self.cfg) for m in self.layout.modules}, (loss_sum, count)
+    def on_validation_epoch_end(self):
+        """Every stage's anytime metrics of its modules, gathered to every rank (every rank then takes the same
+        checkpoint decisions), logged as single-process GLEAM logs them."""
+        vols = self._val.volumes()
+        self._val.clear()
+        mine = {m + 1: module_summary(vols, f"module{m + 1}", self.cfg) for m in self.layout.modules} if vols else {}
+        payload = (mine, tuple(self._val_loss)) if self.layout.replica == 0 else ({}, (0.0, 0))
+        self.link.flush()  # first: a next stage that does not take its images is named by the link
+        every = self.trainer.strategy.all_gather_object(payload, "gathering the validation metrics")
+        summaries = {k: v for s, _ in every for k, v in s.items()}
+        if not summaries:
+            return
+        metrics = validation_log(summaries)
+        count = sum(c for _, (_, c) in every)
+        if count:
+            metrics["val/loss"] = sum(v for _, (v, _) in every) / count
+        self.log_validation(metrics)
 
-    # ------------------------------------------------------------------ state
-    def state(self) -> dict:
-        """This stage's part of a checkpoint: its unrolls' weights, its modules' optimizer/scheduler states."""
-        owned = {f"unrolls.{i}." for m in self.layout.modules for i in self.module_ranges[m]}
-        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()
-                   if any(k.startswith(p) for p in owned)}
-        return {"stage": self.layout.stage, "modules": list(self.layout.modules), "state_dict": weights,
-                "optimizer_states": [o.state_dict() for o in self.optimizers],
-                "lr_schedulers": [s.state_dict() for s in self.schedulers]}
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Rank 0's checkpoint is the whole network's: the stages' weights, optimizer and scheduler states in
+        module order (the layout ReconModule and evaluate read). Each stage also writes its own part."""
+        self.link.flush()
+        part = None
+        if self.layout.replica == 0:
+            part = {"stage": self.layout.stage, "modules": list(self.layout.modules),
+                    "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(self._prefixes)},
+                    "optimizer_states": checkpoint.get("optimizer_states", []),
+                    "lr_schedulers": checkpoint.get("lr_schedulers", [])}
+            if self.part_path is not None:
+                save_checkpoint({**part, "state_dict": {k[len("net."):]: v for k, v in part["state_dict"].items()},
+                                 "hyper_parameters": {"config": self.cfg.to_dict()}}, self.part_path)
+        parts = self.trainer.strategy.gather_object(part, "gathering the stages' checkpoint parts on rank 0")
+        if parts is not None:
+            parts = sorted((p for p in parts if p is not None), key=lambda p: p["stage"])
+            checkpoint["state_dict"] = {k: v for p in parts for k, v in p["state_dict"].items()}
+            for key in ("optimizer_states", "lr_schedulers"):
+                checkpoint[key] = [s for p in parts for s in p[key]]
+        checkpoint["global_step"] = self.steps * self.cfg.train.num_modules  # as single-process GLEAM counts
+        checkpoint["pipeline"] = {"step": self.steps, "stages": self.layout.stages}
 
-    def load(self, ckpt: dict) -> None:
-        """Take this stage's weights and optimizer states from a merged checkpoint."""
-        sd = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        mine = self.net.state_dict()
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """From a whole network's checkpoint, this stage's weights and its modules' optimizer/scheduler states."""
+        if "loops" not in checkpoint:  # written by the pipeline's own loop (before December 2026)
+            warnings.warn("resuming from a checkpoint of the pipeline's former loop: weights and optimizer states are "
+                          "restored, the epoch and step count start again at 0")
+        sd, mine = checkpoint["state_dict"], list(self.state_dict())
         missing = [k for k in mine if k not in sd]
         if missing:
             raise ValueError(f"checkpoint lacks weights of this stage's unrolls, e.g. {missing[:3]}")
-        self.net.load_state_dict({k: sd[k] for k in mine})
-        opt_states = ckpt.get("optimizer_states", [])
-        for m, opt in zip(self.layout.modules, self.optimizers):
-            if m < len(opt_states):
-                opt.load_state_dict(opt_states[m])
-        for m, s in zip(self.layout.modules, self.schedulers):
-            if m < len(ckpt.get("lr_schedulers", [])):
-                s.load_state_dict(ckpt["lr_schedulers"][m])
-        p = ckpt.get("pipeline", {})
-        self.progress = _Progress(epoch=p.get("epoch", ckpt.get("epoch", 0) + 1), batch=p.get("batch", 0),
-                                  step=p.get("step", 0), best_score=p.get("best_score"), best_path=p.get("best_path"))
+        checkpoint["state_dict"] = {k: sd[k] for k in mine}
+        for key in ("optimizer_states", "lr_schedulers"):
+            states = checkpoint.get(key, [])
+            checkpoint[key] = [states[m] for m in self.layout.modules if m < len(states)]
+
+    def example_batch(self) -> Any:
+        """The first training batch on this stage's device (benchmarks measure a module step with it)."""
+        batch = next(iter(self.trainer.datamodule.train_dataloader()))
+        batch = type(batch)(*(v.to(self.device) if isinstance(v, Tensor) else v for v in batch))
+        return self.trainer.datamodule.batch_transform(batch)
 
 
-# --------------------------------------------------------------------------------- rank 0's part
+class PipelineStop(StopOnSignal):
+    """The Ctrl-C / SIGTERM stop of run.py, with the stop step agreed through the rendezvous store (stages run
+    apart, so no collective per step): the first request anywhere is announced there; rank 0 answers it by
+    fixing the stop step (its next one, which every rank reaches after the announcement: replicas are in step
+    with rank 0, later stages behind it); every rank stops after it, and rank 0 writes last.ckpt of it."""
+
+    def __init__(self, requests: StopRequests, last_path: Path, data: ReconDataModule, layout: Layout):
+        super().__init__(requests, last_path, data)
+        self.layout = layout
+        self.stop_at: int | None = None
+        self.signum: int | None = None
+
+    def _stop_requested(self, trainer) -> bool:
+        step = trainer.lightning_module.steps
+        if self.stop_at is None:
+            store, signum = default_store(), self.requests.signum
+            if signum is not None and self.signum is None:
+                self.signum = signum
+                store.set(STOP_REQUESTED, str(signum))
+            if self.layout.rank == 0:
+                if signum is not None or store.check([STOP_REQUESTED]):
+                    self.signum = self.signum or int(store.get(STOP_REQUESTED))
+                    self.stop_at = step + 1
+                    store.set(STOP_AT, str(self.stop_at))
+            elif store.check([STOP_AT]):
+                self.stop_at = int(store.get(STOP_AT))
+                self.signum = self.signum or int(store.get(STOP_REQUESTED))
+        return self.stop_at is not None and step >= self.stop_at
+
+    def _stop(self, trainer, step: int, saved: bool = False) -> None:
+        stage = trainer.lightning_module
+        stage.link.flush()
+        stage.log_training_losses()
+        if not saved:
+            trainer.save_checkpoint(self.last_path)
+        raise TrainingInterrupted(self.signum or 15, str(self.last_path), stage.steps, quiet=self.layout.rank != 0)
+
+
+class AfterTraining(Callback):
+    """Runs `after(stage)` when training ends, on every rank, while the stage is still on its device."""
+
+    def __init__(self, after: Callable[[PipelineStage], Any]):
+        self.after = after
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.after(pl_module)
+
+
+# ------------------------------------------------------------------------------------ the stage
+@dataclass
+class StageResult(RunResult):
+    steps: int = 0
+    stage: int = 0
+    rank: int = 0
+    peak_memory_mib: float | None = None
+
+
 def _on_rank0(fn: Callable[[], Any], layout: Layout, faults: Faults) -> Any:
     """fn() run on rank 0, its result broadcast to every rank. When it fails, rank 0 raises the error and
     every other rank a PipelineError quoting it, so no rank waits for a rank 0 that has given up."""
@@ -386,7 +428,8 @@ def _on_rank0(fn: Callable[[], Any], layout: Layout, faults: Faults) -> Any:
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             error, box[0] = e, ("error", f"{type(e).__name__}: {e}")
-    faults.collective("waiting for rank 0", lambda: dist.broadcast_object_list(box, src=0))
+    if layout.world_size > 1:
+        faults.collective("waiting for rank 0", lambda: dist.broadcast_object_list(box, src=0))
     if error is not None:
         raise error
     status, value = box[0]
@@ -395,72 +438,18 @@ def _on_rank0(fn: Callable[[], Any], layout: Layout, faults: Faults) -> Any:
     return value
 
 
-def merged_checkpoint(cfg: Config, parts: list[dict], progress: _Progress, epoch: int) -> dict:
-    """One checkpoint of the whole network from the stages' parts, in the layout `load_module` reads
-    (Lightning's: state_dict with the "net." prefix, hyper_parameters.config, optimizer_states in module order)."""
-    parts = sorted(parts, key=lambda p: p["stage"])
-    state = {f"net.{k}": v for p in parts for k, v in p["state_dict"].items()}
-    return {
-        "state_dict": state,
-        "hyper_parameters": {"config": cfg.to_dict()},
-        "optimizer_states": [o for p in parts for o in p["optimizer_states"]],
-        "lr_schedulers": [s for p in parts for s in p["lr_schedulers"]],
-        "epoch": epoch,
-        "global_step": progress.step * cfg.train.num_modules,
-        "pytorch-lightning_version": pl.__version__,
-        "pipeline": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step,
-                     "best_score": progress.best_score,
-                     # relative to the checkpoints folder: a copied run folder keeps its own best record
-                     "best_path": Path(progress.best_path).name if progress.best_path else None,
-                     "stages": len(parts)},
-    }
-
-
-def _log_epoch(loggers: list, cfg: Config, layout: Layout, payloads: list[dict], epoch: int, step: int) -> dict:
-    """rank 0: per-step module losses (mean over replicas) and the epoch's validation metrics."""
-    by_step: dict[int, dict[int, list[float]]] = {}
-    for p in payloads:
-        for s, m, loss in p["losses"]:
-            by_step.setdefault(s, {}).setdefault(m, []).append(loss)
-    n, last = cfg.train.log_every_n_steps, cfg.train.num_modules
-    for s in sorted(by_step):
-        if (s + 1) % n == 0:
-            row = {f"train/loss_module{m}": sum(v) / len(v) for m, v in by_step[s].items()}
-            if last in by_step[s]:
-                row["train/loss"] = row[f"train/loss_module{last}"]
-            row["epoch"] = epoch
-            for logger in loggers:
-                logger.log_metrics(row, step=s)
-    summaries = {k: v for p in payloads for k, v in p["val"].items()}
-    metrics: dict[str, float] = {}
-    if summaries:
-        metrics = validation_log(summaries)
-        loss_sum = sum(p["val_loss"][0] for p in payloads)
-        count = sum(p["val_loss"][1] for p in payloads)
-        if count:
-            metrics["val/loss"] = loss_sum / count
-        for logger in loggers:
-            logger.log_metrics({**metrics, "epoch": epoch}, step=max(step - 1, 0))
-    for logger in loggers:
-        logger.save()
-    return metrics
-
-
-def _old_checkpoint_folder(best_path: str | None) -> str | None:
-    """The folder an absolute best path of an older checkpoint was written in."""
-    return str(Path(best_path).parent) if best_path and Path(best_path).is_absolute() else None
-
-
-def _peak_memory_mib(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return None
+def _check_settings(cfg: Config) -> None:
+    t = cfg.train
+    if t.precision not in ("32-true", "32"):
+        raise ConfigError(f"train.precision: the pipeline trains in 32-true only, got {t.precision!r}")
+    if cfg.model.share_weights:
+        raise ConfigError("model.share_weights: gleam_pipeline trains modules independently; use share_weights: false")
 
 
 def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: bool = True,
                    after: Callable[[PipelineStage], Any] | None = None) -> StageResult:
     """Run this process's stage of the pipeline (call on every rank torchrun starts). `after(stage)` runs
-    on every rank once training is done, before the process group closes (benchmarks measure there)."""
+    on every rank when training ends, on the stage's device (benchmarks measure there)."""
     ctx = init_distributed(cfg)
     held = contextlib.ExitStack()  # rank 0: the run folder's lock, for the whole run
     requests = StopRequests(escalate=not ctx.launched).__enter__()
@@ -468,41 +457,58 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
         held.callback(requests.__exit__, None, None, None)
     try:
         layout = pipeline_layout(cfg, ctx.world_size, ctx.rank)
-        stage = PipelineStage(cfg, ctx, layout)
-        stage.requests, requests.on_signal = requests, stage.faults.on_signal
-
+        _check_settings(cfg)
+        t = cfg.train
+        pl.seed_everything(t.seed, workers=True, verbose=False)
+        data = StageData(cfg, layout)
+        data.setup("fit")  # validates every file before the first step
+        stage = PipelineStage(cfg, layout)
+        peers = Peers.exchange(layout.rank, layout.world_size)
+        faults = Faults(layout, peers, t.pipeline.timeout_s)
+        stage.link = StageLink(layout, t.pipeline.timeout_s, faults)
+        requests.on_signal = faults.on_signal
+        for s in range(layout.stages):  # every rank creates every stage group, in the same order (torch requires it)
+            group = dist.new_group(layout.stage_ranks(s)) if layout.replicas > 1 else None
+            if s == layout.stage:
+                stage.stage_group = group
         loggers: list = []
 
-        def open_run() -> tuple[str, dict | None, dict]:
+        def open_run() -> str:
             check_output_dir(cfg.output_dir)
             check_run_name(cfg)
-            ckpt, changes, continued = None, {}, None
-            if resume:  # the resumed run goes on in its own folder, with the changes applied and recorded
-                ckpt = load_checkpoint(resume)
-                changes = check_resume_compatible(cfg, resume, ckpt)
-                continued = resumed_run_dir(resume)
+            continued = resumed_run_dir(resume) if resume else None
             loggers.extend(run_loggers(cfg, continued))
             run_dir = Path(loggers[0].log_dir).resolve()
             loggers[0].experiment  # the CSV writer starts before the folder has other files in it
             held.enter_context(folder_lock(run_dir))  # one writer per run folder (a second resume is refused)
-            if resume:
-                record_resume(run_dir / "resumes.json", resume, file_sha256(resume), ckpt.get("epoch", 0), changes)
-            save_config(cfg, run_dir / "config.yaml")
-            return str(run_dir), ckpt, changes
+            return str(run_dir)
 
-        run_dir, ckpt, changes = _on_rank0(open_run, layout, stage.faults)
-        if ckpt is not None:
-            stage.load(ckpt)
-            apply_optimizer_changes(stage.optimizers, stage.schedulers, changes, cfg)
+        changes = check_resume_compatible(cfg, resume) if resume else {}
+        run_dir = Path(_on_rank0(open_run, layout, faults))
+        stage.part_path = run_dir / "checkpoints" / "stages" / f"stage{layout.stage}.ckpt"
+        stop = PipelineStop(requests, run_dir / "checkpoints" / "last.ckpt", data, layout)
+        strategy = StageStrategy(ctx.device, layout, faults)
+        run = build_trainer(cfg, stage, data, run_dir, loggers if layout.rank == 0 else False, requests,
+                            resume=resume, changes=changes, stop=stop, strategy=strategy,
+                            accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
+                            devices=[ctx.device.index] if ctx.device.type == "cuda" else 1,
+                            enable_progress_bar=enable_progress_bar and layout.rank == 0)
+        if after is not None:
+            run.trainer.callbacks.append(AfterTraining(after))
         try:
-            result = _run(cfg, ctx, layout, stage, Path(run_dir), loggers, enable_progress_bar)
+            with warnings.catch_warnings():
+                # Lightning advises sync_dist for epoch metrics once torch.distributed runs; ours are gathered
+                # already (every rank logs the same values).
+                warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+                result = fit(run, stage, data, requests, resume)
         except BaseException:
             if layout.rank == 0 and not resume:  # a run that failed before it saved anything leaves no folder
-                remove_if_empty(Path(run_dir))
+                remove_if_empty(run_dir)
             raise
-        if after is not None:
-            after(stage)
-        return result
+        stage.link.flush()
+        peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else None
+        return StageResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.train_seconds,
+                           result.best_score, result.step_seconds, stage.steps, layout.stage, layout.rank, peak)
     finally:
         held.close()
         if ctx.launched:  # the process ends next: torchrun's SIGTERM to the survivors must not cut its message
@@ -511,71 +517,4 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
             dist.destroy_process_group()
 
 
-def _run(cfg: Config, ctx: DistContext, layout: Layout, stage: PipelineStage, run_dir: Path, loggers: list,
-         enable_progress_bar: bool) -> StageResult:
-    from tqdm.auto import tqdm
-
-    t, prog = cfg.train, stage.progress
-    ckpt_dir = run_dir / "checkpoints"
-    prog.best_path = checkpoint_in(prog.best_path, ckpt_dir, _old_checkpoint_folder(prog.best_path))
-    n_train = len(replica_shard(train_batches(stage.data.dataset("train"), cfg, 0), layout))
-    if n_train == 0:
-        raise ConfigError(f"train.pipeline.replicas: {layout.replicas} replicas per stage need at least as many "
-                          f"training batches per epoch, got {len(train_batches(stage.data.dataset('train'), cfg, 0))}")
-    start = time.perf_counter()
-    while not training_done(t, prog.epoch, prog.step):
-        epoch = prog.epoch
-        bar = None
-        if enable_progress_bar and layout.rank == 0:
-            bar = tqdm(total=n_train, initial=prog.batch, desc=f"Epoch {epoch} (stage 0 of {layout.stages})",
-                       leave=True, dynamic_ncols=True)
-        losses: list = []
-        stage.train_epoch(epoch, losses, bar)
-        if bar is not None:
-            bar.close()
-        epoch_done = prog.batch >= n_train
-        stopping = stage.stop_at is not None and prog.step >= stage.stop_at  # Ctrl-C / SIGTERM
-        for s in stage.schedulers if epoch_done else []:
-            s.step()
-        val_due = not stopping and validation_due(t, epoch, epoch_done, prog.step)
-        summaries, val_loss = stage.validate() if val_due else ({}, (0.0, 0))
-        if epoch_done:
-            prog.epoch, prog.batch = epoch + 1, 0
-        part = stage.state() if layout.replica == 0 else None
-        if part is not None:  # each stage's own part, atomically
-            save_checkpoint({**part, "hyper_parameters": {"config": cfg.to_dict()}},
-                            ckpt_dir / "stages" / f"stage{layout.stage}.ckpt")
-        payload = {"losses": losses, "val": summaries, "val_loss": val_loss, "part": part, "rank": layout.rank}
-        payloads: list | None = [None] * layout.world_size if layout.rank == 0 else None
-        stage.faults.collective(f"gathering epoch {epoch}'s results on rank 0",
-                                lambda: dist.gather_object(payload, payloads, dst=0))
-
-        def finish_epoch() -> dict:
-            metrics = _log_epoch(loggers, cfg, layout, payloads, epoch, prog.step)
-            for k, v in metrics.items():
-                if not math.isfinite(v):
-                    raise NonFiniteError(f"validation metric {k!r}", v, prog.step, None)
-            parts = [p["part"] for p in payloads if p["part"] is not None]
-            score = metrics.get("val/psnr")
-            improved = score is not None and (prog.best_score is None or score > prog.best_score)
-            old_best = prog.best_path
-            if improved:
-                prog.best_score, prog.best_path = score, str(ckpt_dir / f"best-epoch{epoch}.ckpt")
-            ckpt = merged_checkpoint(cfg, parts, prog, epoch)
-            if improved:
-                save_checkpoint(ckpt, prog.best_path)
-                if old_best and old_best != prog.best_path:
-                    Path(old_best).unlink(missing_ok=True)
-            save_checkpoint(ckpt, ckpt_dir / "last.ckpt")
-            return {"best_score": prog.best_score, "best_path": prog.best_path}
-
-        best = _on_rank0(finish_epoch, layout, stage.faults)
-        prog.best_score, prog.best_path = best["best_score"], best["best_path"]
-        if stopping:  # every stage has trained up to the same step; rank 0 wrote last.ckpt of it
-            raise TrainingInterrupted(stage.stop_signal, str(ckpt_dir / "last.ckpt"), prog.step, quiet=layout.rank != 0)
-        if not epoch_done:  # stopped by max_steps inside the epoch
-            break
-    seconds = time.perf_counter() - start
-    last = ckpt_dir / "last.ckpt"
-    return StageResult(run_dir, prog.best_path, str(last), seconds, prog.best_score, stage.step_seconds,
-                       prog.step, layout.stage, layout.rank, _peak_memory_mib(ctx.device))
+__all__ = ["PipelineError", "PipelineStage", "StageLink", "StageResult", "StageStrategy", "train_pipeline"]

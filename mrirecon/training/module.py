@@ -24,11 +24,13 @@ from .strategies import build_configured_strategy
 
 
 class ReconModule(pl.LightningModule):
-    def __init__(self, config: dict):
+    """`owned`: build only these unrolls (a pipeline stage's, distributed/pipeline.py); default all."""
+
+    def __init__(self, config: dict, owned: list[int] | None = None):
         super().__init__()
         self.cfg = from_dict(config)
         self.save_hyperparameters({"config": self.cfg.to_dict()})
-        self.net = build_network(self.cfg)
+        self.net = build_network(self.cfg, owned=owned)
         t = self.cfg.train
         self.strategy = build_configured_strategy(self.cfg, self.net)  # the registry's entry says how
         self.loss_fn = build_loss(t.loss)
@@ -48,8 +50,12 @@ class ReconModule(pl.LightningModule):
                 if k in stops}
 
     # ---------------------------------------------------------------- training
+    def param_groups(self) -> list[list[torch.nn.Parameter]]:
+        """Parameters per optimizer, as the strategy groups them (GLEAM: one group per module)."""
+        return self.strategy.param_groups(self.net)
+
     def configure_optimizers(self):
-        optimizers, schedulers = build_optimizers(self.cfg.train, self.strategy.param_groups(self.net))
+        optimizers, schedulers = build_optimizers(self.cfg.train, self.param_groups())
         return (optimizers, schedulers) if schedulers else optimizers
 
     def _optimizer_list(self) -> list:
@@ -98,9 +104,13 @@ class ReconModule(pl.LightningModule):
             return
         modules = [k for k in next(iter(vols.values())).images if k.startswith("module")]
         summaries = {int(name[len("module"):]): module_summary(vols, name, self.cfg) for name in modules}
-        for key, value in validation_log(summaries).items():
-            self.log(key, value, prog_bar=key in ("val/psnr", "val/ssim"))
+        self.log_validation(validation_log(summaries))
         self._val.clear()
+
+    def log_validation(self, metrics: dict[str, float]) -> None:
+        """The epoch's validation metrics (val/psnr is what the best checkpoint is chosen by)."""
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key in ("val/psnr", "val/ssim"))
 
 
 def module_summary(vols: dict, name: str, cfg: Config) -> dict:

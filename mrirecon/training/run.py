@@ -8,6 +8,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,7 +21,6 @@ from .checkpoints import AtomicCheckpointIO, file_sha256, load_checkpoint
 from .guards import NonFiniteError
 from .interrupts import StopRequests, TrainingInterrupted
 from .module import ReconModule
-from .schedule import lightning_limit
 from .strategies import get_strategy
 from .run_folder import (check_output_dir, check_run_name, checkpoint_in, record_resume, relative_checkpoint,
                          remove_if_empty, resumed_run_dir, run_loggers)
@@ -76,6 +76,14 @@ class RunCheckpoint(ModelCheckpoint):
     record when the folder changed)."""
 
     _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def __init__(self, *args, stop: "StopOnSignal | None" = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop = stop  # last.ckpt: `stop` wrote it where max_steps ended an epoch early
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.stop is None or not self.stop.saved_inside_epoch:
+            super().on_train_epoch_end(trainer, pl_module)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -155,11 +163,13 @@ def apply_optimizer_changes(optimizers: list, schedulers: list, changes: dict[st
 class StopOnSignal(Callback):
     """Ctrl-C / SIGTERM (see interrupts.py): after the current training step, write last.ckpt of that step
     and stop with TrainingInterrupted. Data-parallel processes agree on the step to stop after. The
-    position in the epoch is kept in the checkpoint, so a resumed run goes on with the next batch."""
+    position in the epoch is kept in every checkpoint, so a run resumed from a stop, or from the end of
+    `max_steps` inside an epoch, goes on with the next batch."""
 
     def __init__(self, requests: StopRequests, last_path: Path, data: ReconDataModule):
         self.requests, self.last_path, self.data = requests, last_path, data
-        self.position = (0, 0)  # (epoch, batches of it trained) when stopped inside an epoch
+        self.position = (0, 0)  # (epoch, batches of it trained) in a checkpoint written inside an epoch
+        self.saved_inside_epoch = False  # last.ckpt written where max_steps ended an epoch early
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning's own SIGTERM handler (installed at fit start) would end the run with SystemExit after the
@@ -172,12 +182,18 @@ class StopOnSignal(Callback):
         return trainer.strategy.reduce_boolean_decision(stop, all=False) if trainer.world_size > 1 else stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.position = (trainer.current_epoch, batch_idx + 1)
         if self._stop_requested(trainer):
-            self.position = (trainer.current_epoch, batch_idx + 1)
             self._stop(trainer, trainer.fit_loop.total_batch_idx + 1)
+        elif 0 < trainer.max_steps <= trainer.global_step and batch_idx + 1 < trainer.num_training_batches:
+            # max_steps ends training inside this epoch: last.ckpt of this step, as a stop writes it (Lightning's
+            # epoch-end checkpoint would mark the epoch done, and a resumed run would skip its other batches).
+            trainer.save_checkpoint(self.last_path)
+            self.saved_inside_epoch = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.position = (0, 0)
+        if self.position[1] >= trainer.num_training_batches:  # a whole epoch; else max_steps ended it inside
+            self.position = (0, 0)
         if self._stop_requested(trainer):  # asked during validation: last.ckpt of the epoch is being written
             trainer.save_checkpoint(self.last_path)
             self._stop(trainer, trainer.fit_loop.total_batch_idx + 1, saved=True)
@@ -186,6 +202,10 @@ class StopOnSignal(Callback):
         if not saved:
             trainer.save_checkpoint(self.last_path)
         raise TrainingInterrupted(self.requests.signum or 15, str(self.last_path), step)
+
+    @property
+    def state_key(self) -> str:
+        return "StopOnSignal"  # one key for every trainer's stop (the pipeline's too): checkpoints are interchangeable
 
     def state_dict(self) -> dict:
         return {"epoch": self.position[0], "batches": self.position[1]}
@@ -247,11 +267,82 @@ def check_devices(cfg: Config) -> None:
         raise ConfigError(f"train.accelerator: unknown accelerator {t.accelerator!r} (auto, cpu, gpu, mps)")
 
 
+def lightning_limit(value: float) -> int | float:
+    """`limit_*_batches` as Lightning's Trainer reads it: a float is a fraction, an int a count (the config holds a
+    float either way: 2.0 means two batches)."""
+    return int(value) if value > 1 else value
+
+
 def lightning_max_steps(cfg: Config, module: ReconModule) -> int:
     """Lightning counts optimizer steps; `train.max_steps` counts batches. A batch steps every optimizer of the
-    strategy once (GLEAM: one per module), so it is that many of Lightning's steps."""
+    module once (GLEAM: one per module; a pipeline stage: one per module it owns), so it is that many steps."""
     t = cfg.train
-    return t.max_steps * len(module.strategy.param_groups(module.net)) if t.max_steps > 0 else t.max_steps
+    return t.max_steps * len(module.param_groups()) if t.max_steps > 0 else t.max_steps
+
+
+@dataclass
+class RunTrainer:
+    """A run's Trainer and the callbacks whose state the caller reads back (best/last checkpoints, step time)."""
+
+    trainer: pl.Trainer
+    best: FiniteBestCheckpoint
+    last: RunCheckpoint
+    timer: StepTimer
+
+
+def build_trainer(cfg: Config, module: ReconModule, data: ReconDataModule, run_dir: Path, loggers: list | bool,
+                  requests: StopRequests, *, resume: str | None = None, changes: dict[str, tuple] | None = None,
+                  stop: StopOnSignal | None = None, strategy: Any = "auto", accelerator: str | None = None,
+                  devices: Any = None, enable_progress_bar: bool = True) -> RunTrainer:
+    """The Trainer of a run: limits, validation schedule, scheduler stepping (the module's), best and last
+    checkpoints, logging, resume record and the Ctrl-C / SIGTERM stop. Single-process training and every
+    pipeline stage (distributed/pipeline.py: its own `strategy` and `stop`) run on this one Trainer."""
+    t = cfg.train
+    ckpt_dir = run_dir / "checkpoints"
+    best = FiniteBestCheckpoint(dirpath=ckpt_dir, monitor="val/psnr", mode="max",
+                                filename="best-epoch{epoch}", auto_insert_metric_name=False,
+                                nonfinite=t.nonfinite)
+    stop = stop if stop is not None else StopOnSignal(requests, ckpt_dir / "last.ckpt", data)
+    # A checkpoint of the latest state after every epoch (validated or not), for exact resume; the last
+    # epoch of a run always has one, whatever check_val_every_n_epoch is. (ModelCheckpoint's own save_last
+    # only writes when a monitored checkpoint is written.)
+    last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                         enable_version_counter=False, save_on_train_epoch_end=True, stop=stop)
+    timer = StepTimer()
+    extra = [RecordResume(cfg, resume, changes or {}, run_dir / "resumes.json")] if resume else []
+    trainer = pl.Trainer(
+        max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg, module),
+        accelerator=accelerator or t.accelerator, devices=devices if devices is not None else t.devices,
+        strategy=strategy, precision=t.precision, logger=loggers,
+        callbacks=[best, last, SaveConfig(cfg, run_dir / "config.yaml"), timer, stop, *extra],
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=lightning_limit(t.limit_train_batches),
+        limit_val_batches=lightning_limit(t.limit_val_batches),
+        check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=enable_progress_bar,
+        deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # EpochSampler shards the epoch itself under DDP (datamodule.py)
+        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
+    )
+    return RunTrainer(trainer, best, last, timer)
+
+
+def fit(run: RunTrainer, module: ReconModule, data: ReconDataModule, requests: StopRequests,
+        resume: str | None = None) -> RunResult:
+    """trainer.fit (from `resume` when given); a second Ctrl-C / SIGTERM, which stops at once, becomes
+    TrainingInterrupted. Returns what the run left: its folder, best and last checkpoints, times."""
+    start = time.perf_counter()
+    try:
+        run.trainer.fit(module, datamodule=data, ckpt_path=resume)
+    except (KeyboardInterrupt, SystemExit):
+        if not requests.requested:
+            raise
+        raise TrainingInterrupted(requests.signum) from None  # a second signal: stopped at once
+    seconds = time.perf_counter() - start
+    best, stop = run.best, run.last.stop
+    last = str(stop.last_path) if stop.saved_inside_epoch else run.last.best_model_path or None
+    score = float(best.best_model_score) if best.best_model_score is not None else None
+    return RunResult(Path(run.trainer.default_root_dir), best.best_model_path or None, last, seconds, score,
+                     run.timer.seconds)
 
 
 def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = True) -> RunResult:
@@ -274,48 +365,17 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
     loggers = run_loggers(cfg, continued)
     run_dir = Path(loggers[0].log_dir).resolve()
     created = not run_dir.exists()
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt = FiniteBestCheckpoint(dirpath=ckpt_dir, monitor="val/psnr", mode="max",
-                                filename="best-epoch{epoch}", auto_insert_metric_name=False,
-                                nonfinite=cfg.train.nonfinite)
-    # A checkpoint of the latest state after every epoch (validated or not), for exact resume; the last
-    # epoch of a run always has one, whatever check_val_every_n_epoch is. (ModelCheckpoint's own save_last
-    # only writes when a monitored checkpoint is written.)
-    last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                         enable_version_counter=False, save_on_train_epoch_end=True)
-    t = cfg.train
-    timer = StepTimer()
     requests = StopRequests()
-    extra = [RecordResume(cfg, resume, changes, run_dir / "resumes.json")] if resume else []
-    trainer = pl.Trainer(
-        max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg, module), accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, logger=loggers,
-        callbacks=[ckpt, last, SaveConfig(cfg, run_dir / "config.yaml"), timer,
-                   StopOnSignal(requests, ckpt_dir / "last.ckpt", data), *extra],
-        log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=lightning_limit(t.limit_train_batches),
-        limit_val_batches=lightning_limit(t.limit_val_batches),
-        check_val_every_n_epoch=t.check_val_every_n_epoch, enable_progress_bar=enable_progress_bar,
-        deterministic="warn", enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # EpochSampler shards the epoch itself under DDP (datamodule.py)
-        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
-    )
-    start = time.perf_counter()
+    run = build_trainer(cfg, module, data, run_dir, loggers, requests, resume=resume, changes=changes,
+                        enable_progress_bar=enable_progress_bar)
     loggers[0].experiment  # the CSV writer starts before the lock file is in the folder (else it warns)
     try:
         # One writer per run folder: a second `--resume` of this run is refused, naming this process.
-        with folder_lock(run_dir) if trainer.is_global_zero else contextlib.nullcontext(), requests:
-            try:
-                trainer.fit(module, datamodule=data, ckpt_path=resume)
-            except (KeyboardInterrupt, SystemExit):
-                if not requests.requested:
-                    raise
-                raise TrainingInterrupted(requests.signum) from None  # a second signal: stopped at once
+        with folder_lock(run_dir) if run.trainer.is_global_zero else contextlib.nullcontext(), requests:
+            result = fit(run, module, data, requests, resume)
     except BaseException:
         if created:
             remove_if_empty(run_dir)
         raise
-    seconds = time.perf_counter() - start
-    best = ckpt.best_model_path or None
-    score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-    return RunResult(run_dir, best, last.best_model_path or None, seconds, score, timer.seconds)
+    result.run_dir = run_dir
+    return result

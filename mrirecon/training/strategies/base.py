@@ -84,7 +84,8 @@ class StrategyEntry:
     modules:      it splits the network into GLEAM modules (train.num_modules: default one unroll per module,
                   must divide model.num_unrolls); otherwise train.num_modules is 1
     trains_as:    the strategy a single process trains with (gleam_pipeline: gleam), default its own name
-    distributed:  trained by distributed/pipeline.py under torchrun, not by training/run.py
+    distributed:  each process trains one pipeline stage (distributed/pipeline.py, under a launcher) on
+                  training/run.py's Trainer; otherwise one process (or Lightning DDP) trains the whole network
     fixed_on_resume: config keys of its own that a resumed run cannot change (besides the architecture)
     """
 

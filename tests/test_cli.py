@@ -11,6 +11,7 @@ import h5py
 import pytest
 
 from mrirecon.cli import COMMANDS, main
+from mrirecon.training.checkpoints import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLED = Path(sys.executable).parent / "mrirecon"  # written by scripts/setup_venv.sh (or by pip install)
@@ -28,7 +29,7 @@ def test_installed_command_lists_every_subcommand_from_any_folder(tmp_path):
     done = run_installed("--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
-    assert listed == ["train", "evaluate", "demo", "synth", "maps", "cmrxrecon", "convex"]
+    assert listed == ["train", "launch", "evaluate", "demo", "synth", "maps", "cmrxrecon", "convex"]
 
 
 def test_python_dash_m_is_the_same_command():
@@ -44,7 +45,7 @@ def test_unknown_command_and_no_command_exit_2_with_a_message(capsys):
     assert "usage: mrirecon COMMAND" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["demo"], ["synth"], ["maps"], ["cmrxrecon", "split"],
+@pytest.mark.parametrize("command", [["train"], ["launch"], ["evaluate"], ["demo"], ["synth"], ["maps"], ["cmrxrecon", "split"],
                                      ["convex", "fit"], ["convex", "interpret"]], ids=" ".join)
 def test_every_subcommand_has_help_naming_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -79,6 +80,41 @@ def test_train_then_evaluate_one_step(synthetic, tmp_path, capsys):
                  "--figures", "0", "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["num_volumes"] == 1 and metrics["psnr"]["mean"] > 0
+
+
+def test_resume_needs_only_the_checkpoint_whose_config_it_carries(synthetic, tmp_path, capsys):
+    """`mrirecon train --resume CKPT` (what a stop's message says) goes on with the checkpoint's own config;
+    overrides still apply on top."""
+    root = synthetic("knee2d")
+    assert main(["train", "--config", "configs/knee2d.yaml", f"data.root={root}", f"output_dir={tmp_path}",
+                 "train.strategy=gleam", "train.num_modules=2", *(a for a in TINY_TRAIN if "max_steps" not in a)]) == 0
+    last = next(line.split(":", 1)[1].strip() for line in capsys.readouterr().out.splitlines()
+                if line.startswith("last checkpoint:"))
+    assert main(["train", "--resume", last, "train.max_epochs=2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"last checkpoint: {last}" in out  # the same run folder
+    ckpt = load_checkpoint(last)
+    assert ckpt["global_step"] == 2 * 2  # 2 batches (1 per epoch), each stepping the first run's 2 GLEAM modules
+    assert ckpt["hyper_parameters"]["config"]["train"]["max_epochs"] == 2
+    assert ckpt["hyper_parameters"]["config"]["train"]["strategy"] == "gleam"  # the checkpoint's, not the default
+
+
+def test_train_without_config_or_resume_exits_2_naming_both(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "train.max_epochs=1"])
+    assert exit_.value.code == 2 and "--config is required (or --resume CKPT alone" in capsys.readouterr().err
+
+
+def test_a_single_process_strategy_under_a_launcher_needs_train_devices(synthetic, tmp_path, monkeypatch, capsys):
+    """Under torchrun / `mrirecon launch` with 2 processes, e2e with train.devices=1 would train two copies of
+    the run: refused before anything is written, naming train.devices and the number of processes."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--config", "configs/knee2d.yaml", f"data.root={synthetic('knee2d')}",
+                 f"output_dir={tmp_path / 'runs'}", *TINY_TRAIN]) == 2
+    assert capsys.readouterr().err == ("error: train.devices: 1, but the launcher started 2 processes (WORLD_SIZE=2): "
+                                       "set train.devices=2 for data-parallel training over them, or start one "
+                                       "process and let train.devices start the others\n")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_train_bad_key_exits_2_naming_the_key(capsys):

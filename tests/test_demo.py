@@ -1,7 +1,13 @@
-"""The demo's configuration: GLEAM by default for every kind, the user's overrides win."""
+"""The demo's configuration: GLEAM by default for every kind, the user's overrides win; a stop by signal
+during its training says so in one line."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -9,6 +15,9 @@ import pytest
 
 from mrirecon.config import ConfigError
 from mrirecon.demo import demo_config
+from mrirecon.training.checkpoints import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind", ["knee2d", "brain2d", "knee3d", "cine"])
@@ -75,3 +84,37 @@ def test_demo_rewrites_synthetic_data_of_another_anatomy_or_ablation(synthetic, 
     _copy_with_attrs(root, tmp_path / "nocontrast", anatomy="synth", synth_off="contrast")
     assert not _outdated_synthetic(tmp_path / "nocontrast", "synth", ("contrast",))
     assert _outdated_synthetic(tmp_path / "nocontrast", "synth")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_the_demos_training_ends_with_one_line_and_128_plus_the_signal(synthetic, tmp_path, signum):
+    """Ctrl-C (to the terminal's process group) or SIGTERM while `mrirecon demo` trains: it stops after the
+    step with the one `stopped: ... resume with --resume ...` line of `mrirecon train`, exit 130 / 143."""
+    out = tmp_path / "demo"
+    tiny = [f"data.root={synthetic('knee2d')}", "model.num_unrolls=2", "model.prox.channels=8",
+            "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}", "train.max_epochs=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "mrirecon", "demo", "--out", str(out), "--no-progress", *tiny],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    last = out / "runs" / "knee2d" / "version_0" / "checkpoints" / "last.ckpt"
+    end = time.monotonic() + 180
+    while not last.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "timed out waiting for the demo to train"
+        time.sleep(0.1)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stdout + stderr
+    name = signal.Signals(signum).name
+    (line,) = [line for line in stderr.splitlines() if "stopped" in line.lower() or name in line]
+    assert stderr.rstrip().endswith(line)
+    assert line.startswith(f"stopped: training stopped by {name}: {last} holds training step ")
+    assert line.endswith(f"; resume with --resume {last}")
+    step = int(line.split("holds training step ")[1].split(";")[0])
+    assert load_checkpoint(last)["global_step"] == 2 * step  # the demo's GLEAM: 2 module optimizers per batch
+    assert "[4/5]" not in stdout and not (out / "REPORT.md").exists()  # stopped: no evaluation, no report

@@ -1,6 +1,7 @@
 """The `mrirecon` command: one subcommand per module of this package.
 
     mrirecon train --config configs/knee2d.yaml [key.sub=value ...]
+    mrirecon launch --nproc_per_node 2 train --config configs/knee2d.yaml train.strategy=gleam_pipeline
     mrirecon evaluate --checkpoint CKPT --data DIR --out OUT
     mrirecon demo [--kind knee2d]
     mrirecon synth --kind knee2d --out data/synthetic/knee2d
@@ -22,6 +23,7 @@ from typing import Sequence
 # command runs, so `mrirecon --help` and `mrirecon synth` do not pay for Lightning.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train an unrolled network from a YAML config"),
+    "launch": ("launch", "torchrun's launcher for `train` on several processes (pipeline stages, DDP)"),
     "evaluate": ("evaluate", "evaluate a checkpoint or a classical baseline with fastMRI's metrics"),
     "demo": ("demo", "the end-to-end demo on synthetic data (what `make demo` runs)"),
     "synth": ("synth", "write a synthetic multi-coil dataset"),

@@ -3,12 +3,15 @@
 
 Problems: k x k patches (default 5 x 5, 2 channels: d = 50) of noisy synthetic knee slices (128 x 128,
 complex, max-normalised, noise 0.05), residual targets, n random patches, P random gates, group_by
-"channel", lam along a path of fractions of lam_max (the closed-form threshold above which the optimum is
-0: `ConvexProblem.lam_max`), so no optimum is trivial.
+"channel", lam along a path of fractions of each program's own zero threshold (gated: the closed form
+`ConvexProblem.lam_max`; ReLU: `ConvexProblem.relu_lam_max_bracket`, cone projections, certified bracket), so no
+optimum is trivial.
 
 Solvers, each capped by a time limit (competitors run in a subprocess, killed at the cap):
   ours, Gram     R-FISTA on the Gram matrix (float64), when it fits the memory budget (--gram-budget-mb)
-  ours, matrix-free  R-FISTA / augmented Lagrangian by patch products, float32 patches, float64 accumulation
+  ours, matrix-free  gated: R-FISTA by patch products, float32 patches, float64 accumulation; ReLU: projected
+                 R-FISTA (exact cone projections), float64 patches (float32 rounding, ~1e-7 of the loss, is
+                 the size of the ReLU optima's distance from 0's objective at these lam: the gap stalls there)
   pyscnn 0.0.10  its R-FISTA (gated) and augmented Lagrangian (ReLU), defaults but tighter tolerances,
                  unitize_data off, float64, lam / c (it scales the loss by 1 / (2 n c))
   cvxpy 1.9.3    one matrix variable holding all patterns (its fastest formulation), Clarabel
@@ -46,14 +49,13 @@ from mrirecon.synthetic.phantoms import knee2d  # noqa: E402
 ACCURACY = 1e-4
 VIOLATION = 1e-6
 GATED_SPEEDUP_GOAL = 10.0
-# a stiff penalty with short inner solves: 2-4x faster than solve_relu's defaults on these problems
-RELU_SETTINGS = lambda n: {"delta": 1000.0 / n, "inner_iter": 10}  # noqa: E731
-# (n, P, lam fractions of lam_max, gated cap s, relu cap s)
-DEFAULT_PLAN = [(1000, 32, (0.5,), 30, 45), (4000, 64, (0.5, 0.1), 40, 60), (20000, 128, (0.5,), 45, 60),
-                (100000, 256, (0.5,), 90, 90)]
+# (n, P, lam fractions of each program's own threshold, gated cap s, relu cap s)
+DEFAULT_PLAN = [(400, 16, (0.5, 0.1), 10, 60), (1000, 32, (0.5,), 20, 45), (4000, 64, (0.5,), 30, 60),
+                (20000, 128, (0.5,), 30, 60), (100000, 256, (0.5,), 60, 90)]
+THRESHOLD_ROUNDS = 20   # constraint-generation rounds for the ReLU threshold's bracket (it is certified at any)
 
 
-def build_problem(n: int, P: int, frac: float, k: int = 5, seed: int = 0, dtype=torch.float64,
+def build_problem(n: int, P: int, lam: float, k: int = 5, seed: int = 0, dtype=torch.float64,
                   device: str = "cpu", **kw) -> ConvexProblem:
     rng = np.random.default_rng(seed)
     clean = torch.from_numpy(knee2d(rng, 8, (128, 128))).to(torch.complex128)
@@ -66,9 +68,7 @@ def build_problem(n: int, P: int, frac: float, k: int = 5, seed: int = 0, dtype=
     pick = torch.from_numpy(rng.permutation(X.shape[0])[:n])
     X, Y = X[pick], Y[pick]
     gates = sample_gates(X, P, seed=seed)
-    problem = ConvexProblem(X.to(device=device, dtype=dtype), Y.to(device), gates.to(device), 0.0, "channel", **kw)
-    problem.lam = frac * problem.lam_max()
-    return problem
+    return ConvexProblem(X.to(device=device, dtype=dtype), Y.to(device), gates.to(device), lam, "channel", **kw)
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -162,7 +162,7 @@ def worker_cvxpy(problem: ConvexProblem, program: str, cap: float) -> dict:
 
 def worker_main(spec: dict) -> int:
     torch.set_num_threads(1)
-    problem = build_problem(spec["n"], spec["P"], spec["frac"], spec["k"])
+    problem = build_problem(spec["n"], spec["P"], spec["lam"], spec["k"])
     fn = {"pyscnn": worker_pyscnn, "cvxpy": worker_cvxpy}[spec["solver"]]
     result = fn(problem, spec["program"], spec["cap"])
     Path(spec["out"]).write_text(json.dumps(result))
@@ -170,7 +170,7 @@ def worker_main(spec: dict) -> int:
 
 
 def run_worker(spec: dict, tmp: Path) -> dict:
-    out = tmp / f"{spec['solver']}_{spec['program']}_{spec['n']}_{spec['frac']}.json"
+    out = tmp / f"{spec['solver']}_{spec['program']}_{spec['n']}_{spec['lam']:.6g}.json"
     spec = {**spec, "out": str(out)}
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     try:
@@ -209,8 +209,7 @@ def ours(problem: ConvexProblem, program: str, cap: float, scorer: ConvexProblem
     if program == "gated":
         r = solve_gated(problem, tol=0.0, gap_tol=1e-6, max_iter=10**7, time_limit=cap)
     else:
-        r = solve_relu(problem, tol=0.0, gap_tol=1e-6, tol_violation=VIOLATION, max_outer=10**6, time_limit=cap,
-                       **RELU_SETTINGS(problem.n))
+        r = solve_relu(problem, tol=0.0, gap_tol=1e-6, tol_violation=VIOLATION, max_iter=10**7, time_limit=cap)
     seconds = time.perf_counter() - t0
     w = {k: v.double().cpu() for k, v in r.weights.items()}
     objective, violation = score(scorer, program, w)
@@ -265,26 +264,41 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="convex_bench_"))
     for n, P, fracs, gated_cap, relu_cap in plan:
+        base = build_problem(n, P, 0.0, args.kernel_size)
+        t0 = time.perf_counter()
+        from mrirecon.models.convex.cones import relu_threshold
+        bracket_relu = relu_threshold(base, max_rounds=THRESHOLD_ROUNDS)
+        threshold_seconds = time.perf_counter() - t0
+        thresholds = {"gated": base.lam_max(), "relu": bracket_relu[1]}
+        print(f"== n={n} P={base.shape[0]}: gated lam_max {thresholds['gated']:.6g}, ReLU threshold bracket "
+              f"[{bracket_relu[0]:.9g}, {bracket_relu[1]:.9g}] in {threshold_seconds:.1f} s", flush=True)
         for frac in fracs:
-            scorer = build_problem(n, P, frac, args.kernel_size)
-            Pn, d, c = scorer.shape
-            info = {"n": n, "gates": P, "patterns": Pn, "d": d, "c": c, "lam": scorer.lam, "lam_fraction": frac,
-                    "lam_max": scorer.lam_max()}
-            print(f"== n={n} P={Pn} d={d} lam={scorer.lam:.4g} ({frac} lam_max)", flush=True)
             budget = args.gram_budget_mb * 2**20
             for program, cap in (("gated", gated_cap), ("relu", relu_cap)):
+                lam = frac * thresholds[program]
+                scorer = build_problem(n, P, lam, args.kernel_size)
+                Pn, d, c = scorer.shape
+                info = {"n": n, "gates": P, "patterns": Pn, "d": d, "c": c, "lam": lam, "lam_fraction": frac,
+                        "lam_max": thresholds["gated"], "relu_threshold_bracket": list(bracket_relu),
+                        "relu_threshold_seconds": threshold_seconds}
+                print(f"  -- {program} lam={lam:.4g} ({frac} x its threshold)", flush=True)
                 runs = {}
                 if program == "gated":
                     if scorer.gram_bytes <= budget:
-                        pb = build_problem(n, P, frac, args.kernel_size, device=args.device, gram=True)
+                        pb = build_problem(n, P, lam, args.kernel_size, device=args.device, gram=True)
                         runs["ours (Gram, float64)"] = ours(pb, program, cap, scorer)
                     else:
                         runs["ours (Gram, float64)"] = {"status": f"not run: Gram matrix {scorer.gram_bytes / 2**30:.1f} "
                                                         f"GiB > budget {args.gram_budget_mb} MiB", "trace": []}
-                pb = build_problem(n, P, frac, args.kernel_size, dtype=torch.float32, device=args.device, gram=False)
-                runs["ours (matrix-free, float32)"] = ours(pb, program, cap, scorer)
+                    pb = build_problem(n, P, lam, args.kernel_size, dtype=torch.float32, device=args.device, gram=False)
+                    runs["ours (matrix-free, float32)"] = ours(pb, program, cap, scorer)
+                else:
+                    pb = build_problem(n, P, lam, args.kernel_size, device=args.device, gram=False)
+                    pb._relu_threshold = (1e-6, bracket_relu)   # computed above, timed separately
+                    runs["ours (projected, matrix-free, float64)"] = ours(pb, program, cap, scorer)
                 del pb
-                spec = {"n": n, "P": P, "frac": frac, "k": args.kernel_size, "program": program, "cap": cap}
+                spec = {"n": n, "P": P, "lam": lam, "frac": frac, "k": args.kernel_size, "program": program,
+                        "cap": cap}
                 if "pyscnn" not in args.skip:
                     runs["pyscnn 0.0.10"] = competitor({**spec, "solver": "pyscnn"}, scorer, tmp)
                 nnz = n * Pn * c * d * (1 if program == "gated" else 3)
@@ -299,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 lower = max((r.get("lower_bound", -math.inf) for r in runs.values()), default=-math.inf)
                 for name, r in runs.items():
                     r["seconds_to_target"] = time_to(r.get("trace", []), best * (1 + ACCURACY)) if best else None
-                    print(f"  {program:5s} {name:28s} {r['status']:>14s}  t(1e-4)={r['seconds_to_target']}  "
-                          f"obj={r.get('objective')} viol={r.get('violation')}", flush=True)
+                    print(f"  {program:5s} {name:40s} {r['status']:>14s}  t(1e-4)={r['seconds_to_target']}  "
+                          f"obj={r.get('objective')} viol={r.get('violation')} gap={r.get('gap')}", flush=True)
                 rows.append({**info, "program": program, "cap_seconds": cap, "best_objective": best,
                              "best_lower_bound": lower, "runs": runs})
     load_after = load_average()
@@ -343,7 +357,7 @@ def goals(r: dict) -> list[str]:
     """One line per goal of issue 19, met or missed, from the measured rows."""
     out = []
     for row in r["rows"]:
-        runs, cap, size = row["runs"], row["cap_seconds"], f"n={row['n']}, P={row['patterns']}, {row['lam_fraction']:g} lam_max"
+        runs, cap, size = row["runs"], row["cap_seconds"], f"n={row['n']}, P={row['patterns']}, {row['lam_fraction']:g} x its threshold"
         best = min((v for k, v in runs.items() if k.startswith("ours") and v.get("seconds_to_target") is not None),
                    key=lambda v: v["seconds_to_target"], default=None)
         if bracket(row) > ACCURACY:
@@ -393,18 +407,21 @@ def markdown(r: dict) -> str:  # noqa: C901
              f"{m['machine']['torch']}, device {m['device']} (no GPU on this machine: the `--device cuda` column "
              "was not run)  ",
              f"Load average before / after (1, 5, 15 min): {m['load_average_before']} / {m['load_average_after']}: "
-             "the 2 cores were shared with other people's jobs (load ~10), so every absolute time is inflated "
-             "several-fold, all solvers alike; ratios are the meaningful numbers, and caps bind sooner than on an "
-             "idle machine.", "",
+             "the 2 cores were shared with other people's jobs (a load above 2 means waiting for a core), so "
+             "absolute times are inflated, all solvers alike; ratios are the meaningful numbers, and caps bind "
+             "sooner than on an idle machine.", "",
              f"Problems: {r['kernel_size']}x{r['kernel_size']} patches of noisy synthetic knee slices (2 channels, "
-             "d = 50), residual targets, group_by channel, lam a fraction of lam_max (the closed-form threshold of "
-             "the zero optimum), so no optimum is trivial. Time to objective <= p* (1 + 1e-4) with violation <= 1e-6, "
+             "d = 50), residual targets, group_by channel, lam a fraction of each program's own zero threshold "
+             "(gated: lam_max, closed form; ReLU: the certified bracket of `relu_lam_max_bracket`, its upper end "
+             "used), so no optimum is trivial. Time to objective <= p* (1 + 1e-4) with violation <= 1e-6, "
              "p* the best such objective any solver reached, every point scored by one float64 objective; each run "
              "capped (cap column). 'p* bracket' is (p* - best dual bound) / p*: how far p* itself is certified.", "",
              "Solvers: ours (Gram): R-FISTA on the Gram matrix (float64), run where it fits the 128 MiB budget; "
-             "ours (matrix-free): R-FISTA or the augmented Lagrangian by patch products, float32 patches, float64 "
-             "sums (ReLU: delta = 1000/n, 10 inner iterations per multiplier step; the library's defaults are "
-             "10/n and 2000). pyscnn 0.0.10: its R-FISTA / augmented Lagrangian, tolerances tightened (1e-12 / "
+             "ours (matrix-free, float32): gated R-FISTA by patch products, float32 patches, float64 sums; ours "
+             "(projected): the exact ReLU program by R-FISTA whose prox projects every column onto its cone "
+             "(constraint generation + NNLS) before the group soft-threshold, float64 patches, library defaults, "
+             "stopping on violation <= 1e-6 and duality gap <= 1e-6; its time excludes the ReLU threshold "
+             "(computed once per data set, its own column). pyscnn 0.0.10: its R-FISTA / augmented Lagrangian, tolerances tightened (1e-12 / "
              "1e-10, constraint 1e-6) so it runs to the cap, unitize_data off, float64, lam / c (it scales the loss "
              "by 1/(2nc)); its iterates are scored every 10 iterations through its metrics hook (its own metric "
              "computation counts in its time). cvxpy 1.9.3: one matrix variable per sign holding all patterns, "
@@ -416,13 +433,19 @@ def markdown(r: dict) -> str:  # noqa: C901
         if not sub:
             continue
         names = list(dict.fromkeys(k for row in sub for k in row["runs"]))
+        relu = program == "relu"
+        extra = ["threshold bracket (s)"] if relu else []
         lines += [f"## {'Gated ReLU program' if program == 'gated' else 'Exact ReLU program'}", "",
-                  "| n | P | lam / lam_max | cap (s) | " + " | ".join(names) + " | p* bracket (rel.) |",
-                  "|---|---|---|---|" + "---|" * len(names) + "---|"]
+                  "| n | P | lam / threshold | lam | cap (s) | " + " | ".join(extra + names) + " | p* bracket (rel.) |",
+                  "|---|---|---|---|---|" + "---|" * len(extra + names) + "---|"]
         for row in sub:
             br = f"{bracket(row):.1e}" if math.isfinite(bracket(row)) else "-"
-            lines.append(f"| {row['n']} | {row['patterns']} | {row['lam_fraction']:g} | {row['cap_seconds']} | "
-                         + " | ".join(_t(row["runs"][k]) if k in row["runs"] else "-" for k in names) + f" | {br} |")
+            th = [f"[{row['relu_threshold_bracket'][0]:.6g}, {row['relu_threshold_bracket'][1]:.6g}] "
+                  f"({row['relu_threshold_seconds']:.3g} s)"] if relu else []
+            lines.append(f"| {row['n']} | {row['patterns']} | {row['lam_fraction']:g} | {row['lam']:.4g} | "
+                         f"{row['cap_seconds']} | "
+                         + " | ".join(th + [_t(row["runs"][k]) if k in row["runs"] else "-" for k in names])
+                         + f" | {br} |")
         lines.append("")
     lines += ["## Goals (issue 19)", "", *goals(r), ""]
     if r.get("notes"):  # findings written after the run (what the measured numbers mean), kept with them

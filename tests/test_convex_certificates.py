@@ -2,11 +2,13 @@
 cvxpy), and no weight-decayed two-layer ReLU network trained by Adam gets below it."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from mrirecon.models.convex import (ConvexProblem, TwoLayerReLUConv, relu_to_network, sample_gates, solve_gated,
                                     solve_relu)
+from mrirecon.models.convex.cones import ConeProjector
 from mrirecon.models.convex.patches import patch_matrix, pixel_matrix
 
 try:
@@ -120,3 +122,55 @@ def test_adam_trained_relu_networks_never_beat_the_convex_optimum():
     assert min(found) >= convex.objective * (1 - 1e-5)
     # and the bound is not vacuous: the best Adam run comes within 0.1% of it (2e-6 at the time of writing)
     assert min(found) <= convex.objective * (1 + 1e-3)
+
+
+def cvxpy_cone_norm(problem: ConvexProblem, h, i: int) -> float:
+    """max <h, u> over u in the cone K_i = {(2 D_i - I) X u >= 0}, ||u|| <= 1, written directly in cvxpy."""
+    u = cp.Variable(problem.shape[1])
+    cone = cp.multiply(problem.S[:, i].numpy(), problem.X.numpy() @ u) >= 0
+    prob = cp.Problem(cp.Maximize(h @ u), [cone, cp.norm(u) <= 1])
+    prob.solve(solver="CLARABEL")
+    assert prob.status == "optimal"
+    return float(prob.value)
+
+
+@needs_cvxpy
+@pytest.mark.parametrize("group_by", ["pattern", "channel"])
+def test_relu_zero_threshold_matches_cvxpy_cone_by_cone(group_by):
+    problem, _, _ = denoising_problem(group_by)
+    lower, upper = problem.relu_lam_max_bracket()
+    H = (problem.predict_adjoint(problem.Y) / problem.n).numpy()        # -gradient at 0, (P, d, c)
+    P, _, c = problem.shape
+    values = []
+    for sign in (1.0, -1.0):                                             # directions V_i and W_i
+        for i in range(P):
+            cols = [cvxpy_cone_norm(problem, sign * H[i, :, ch], i) for ch in range(c)]
+            values.append(max(cols) if group_by == "channel" else float(np.linalg.norm(cols)))
+    assert lower <= upper <= lower * (1 + 1e-9)                           # certified and closed
+    assert upper == pytest.approx(max(values), rel=1e-6)                # Clarabel's own accuracy
+    assert upper < problem.lam_max()                                     # strictly below the gated threshold
+
+
+@needs_cvxpy
+def test_relu_optimum_is_zero_exactly_from_the_threshold_on():
+    problem, _, _ = denoising_problem("channel")
+    lower, upper = problem.relu_lam_max_bracket()
+    zero = float((problem.Y ** 2).sum()) / (2 * problem.n)
+    problem.lam = upper * (1 + 1e-6)
+    assert cvxpy_optimum(problem, relu=True) == pytest.approx(zero, rel=1e-7)
+    problem.lam = lower * 0.98
+    assert cvxpy_optimum(problem, relu=True) < zero * (1 - 1e-6)
+
+
+@needs_cvxpy
+def test_cone_projection_matches_cvxpy():
+    problem, _, _ = denoising_problem("channel")
+    Z = torch.randn((2, *problem.shape), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    proj = ConeProjector(problem, tol=1e-12).project(Z)
+    assert problem.constraint_violation(proj[0], proj[1]) <= 1e-12
+    X, S = problem.X.numpy(), problem.S.numpy()
+    for s, i, ch in [(0, 0, 0), (1, 3, 1), (0, 5, 1)]:
+        u = cp.Variable(problem.shape[1])
+        cp.Problem(cp.Minimize(cp.sum_squares(u - Z[s, i, :, ch].numpy())),
+                   [cp.multiply(S[:, i], X @ u) >= 0]).solve(solver="CLARABEL")
+        assert np.allclose(proj[s, i, :, ch].numpy(), u.value, atol=1e-6)

@@ -95,14 +95,19 @@ def test_trainable_prox_is_fine_tuned_inside_the_unrolls(weights):
     assert not torch.equal(before, net.unrolls[0].prox.net.conv1.weight)
 
 
+def fit_config(tmp_path, root, fit: str):
+    """A fit config file over the dataset at `root` with the given `fit:` section (YAML flow text)."""
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"data: {{kind: knee2d, root: {root}}}\nfit: {fit}\n")
+    return config
+
+
 def test_fit_command_writes_weights_the_prox_loads(synthetic, tmp_path, capsys):
     from mrirecon.cli import main
 
-    root = synthetic("knee2d")
-    config = tmp_path / "fit.yaml"
-    config.write_text(f"data: {{kind: knee2d, root: {root}}}\n"
-                      "fit: {num_patches: 150, num_gates: 6, lam: 1.0e-3, max_slices: 2,\n"
-                      "      solver: {tol: 1.0e-5, tol_violation: 1.0e-6, max_outer: 10, inner_iter: 300}}\n")
+    config = fit_config(tmp_path, synthetic("knee2d"),
+                        "{num_patches: 150, num_gates: 6, lam: 1.0e-3, max_slices: 2,\n"
+                        "      solver: {tol: 1.0e-5, tol_violation: 1.0e-6, max_outer: 10, inner_iter: 300}}")
     out = tmp_path / "convex.pt"
     assert main(["convex", "fit", "--config", str(config), "--out", str(out), "--no-progress", "fit.lam=2e-3"]) == 0
     prox = build_prox({"name": "convex_dual", "weights": str(out)}, 2, 2)
@@ -181,3 +186,81 @@ def test_a_gated_weights_file_gives_the_gated_network_with_fixed_gates(tmp_path)
     assert [n for n, p in prox.named_parameters() if p.requires_grad] == ["net.filters.weight"]
     x = torch.randn(1, 2, 8, 8)
     assert torch.allclose(prox(x), x + net(x), atol=1e-6)
+
+
+def zero_prox_file(path):
+    """A convex_dual weights file whose network outputs zero: with predicts residual the prox is the identity."""
+    net = TwoLayerReLUConv(2, hidden=1, kernel_size=1)
+    with torch.no_grad():
+        net.conv1.weight.zero_()
+        net.conv2.weight.zero_()
+    return save_weights(path, net, "residual", {})
+
+
+def test_unroll_inputs_are_what_the_prox_of_an_unrolled_network_receives(tmp_path):
+    from mrirecon.models.convex.fit import unroll_inputs
+    from mrirecon.physics import SenseOp, complex_to_channels
+
+    net = UnrolledNet(3, {"name": "convex_dual", "weights": str(zero_prox_file(tmp_path / "id.pt"))}, "pgd",
+                      step_size_init=0.7)
+    seen = []
+    for u in net.unrolls:
+        u.prox.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    y, maps, mask, _ = batch(seed=4)
+    with torch.no_grad():
+        net(y, maps, mask)
+    expected = unroll_inputs(SenseOp(maps, mask, 2), y, 3, 0.7)
+    assert len(seen) == 3
+    for a, b in zip(seen, expected):
+        assert torch.allclose(a, complex_to_channels(b), atol=1e-5)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-3)  # the iterates move (the test is not vacuous)
+
+
+def test_held_out_gain_is_the_mse_ratio_in_decibels():
+    from mrirecon.models.convex.fit import held_out_psnr_gain
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(1, 2, 6, 6, generator=g, dtype=torch.float64)
+    noisy = clean + 0.5 * torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64)
+
+    class HalfResidual(torch.nn.Module):  # removes exactly half of every input's error
+        def forward(self, x):
+            return 0.5 * (clean.float() - x)
+
+    pairs = [(noisy, clean)]
+    assert held_out_psnr_gain(HalfResidual(), "residual", pairs) == pytest.approx(10 * torch.log10(torch.tensor(4.0)).item(),
+                                                                                 abs=1e-5)
+    zero = TwoLayerReLUConv(2, hidden=1, kernel_size=1)
+    torch.nn.init.zeros_(zero.conv2.weight)
+    assert held_out_psnr_gain(zero, "residual", pairs) == 0.0
+    assert held_out_psnr_gain(zero, "image", pairs) < 0  # predicting 0 for the image is worse than the input
+
+
+def test_fit_on_a_lam_path_keeps_the_lam_that_denoises_the_val_split_best(synthetic, tmp_path):
+    from mrirecon.cli import main
+
+    config = fit_config(tmp_path, synthetic("knee2d"),
+                        "{input: unroll, unroll_steps: 2, kernel_size: 3, num_patches: 300, num_gates: 8,\n"
+                        "      program: gated, lam_path: [1.0, 0.1, 0.01], solver: {max_iter: 200}}")
+    out = tmp_path / "convex.pt"
+    assert main(["convex", "fit", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    info = build_prox({"name": "convex_dual", "weights": str(out)}, 2, 2).info
+    path = info["path"]
+    assert [q["lam_fraction"] for q in path] == pytest.approx([1.0, 0.1, 0.01])
+    assert path[0]["val_psnr_gain_db"] == 0.0 and path[0]["objective"] == pytest.approx(info["zero_objective"])
+    best = max(path, key=lambda q: q["val_psnr_gain_db"])
+    assert info["lam"] == best["lam"] and info["val_psnr_gain_db"] == best["val_psnr_gain_db"]
+    assert info["data"] == {"slices": info["data"]["slices"], "patches": 300, "split": "train", "input": "unroll"}
+
+
+@pytest.mark.parametrize("override,key", [("fit.unroll_steps=0", "fit.unroll_steps"),
+                                          ("fit.step_size=-1", "fit.step_size"),
+                                          ("fit.lam_path=[0.5, 2]", "fit.lam_path"),
+                                          ("fit.lam_path=[]", "fit.lam_path")])
+def test_fit_settings_name_the_bad_key(tmp_path, override, key):
+    from mrirecon.models.convex.fit import read_fit_config
+
+    config = tmp_path / "fit.yaml"
+    config.write_text("data: {kind: knee2d}\nfit: {input: unroll}\n")
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        read_fit_config(config, [override])

@@ -108,8 +108,13 @@ def test_stopping_rule_refuses_a_point_whose_violation_is_above_tolerance():
                          tol=1e-6)
     assert certified(1e-6, gap=0.0, optimality=math.inf, tol_violation=1e-6, gap_tol=1e-6, tol=0.0)
     assert not certified(1.0001e-6, gap=-1.0, optimality=0.0, tol_violation=1e-6, gap_tol=1e-6, tol=1e-6)
-    # the solver, started there and stopped after one outer step, reports no success
-    r = solve_relu(problem, V0=U, W0=torch.zeros_like(U), max_outer=1, inner_iter=5, repair=False)
+    # the augmented Lagrangian, started there and stopped after one outer step, reports no success
+    r = solve_relu(problem, V0=U, W0=torch.zeros_like(U), method="augmented_lagrangian", max_outer=1, inner_iter=5,
+                   repair=False)
+    assert r.violation > 1e-6 and not r.converged
+    # nor does the projected method when its projections may not add a single constraint (no cut rounds):
+    # its iterates leave the cones, the violation is measured and reported, the gap alone does not certify
+    r = solve_relu(problem, V0=U, W0=torch.zeros_like(U), projection_rounds=0, max_iter=50, repair=False)
     assert r.violation > 1e-6 and not r.converged
 
 
@@ -122,11 +127,47 @@ def test_relu_result_reports_a_certified_gap_and_violation():
     assert {"violation", "gap", "optimality", "lower_bound"} <= set(last)
 
 
-def test_relu_optimum_zero_below_lam_max_is_certified_and_returned():
+def test_relu_optimum_zero_below_the_gated_lam_max_is_returned_at_once():
     problem = denoising_problem()
     problem.lam = 0.9 * problem.lam_max()   # below the gated threshold, above the ReLU program's own one here
+    lower, upper = problem.relu_lam_max_bracket()
+    assert lower <= upper < 0.9 * problem.lam_max()
     gated, relu = solve_gated(problem, tol=1e-6), solve_relu(problem)
     assert not gated.zero_optimum and float(gated.weights["U"].abs().max()) > 0
-    assert relu.zero_optimum and relu.converged and relu.iterations > 0 and relu.violation == 0.0
+    assert relu.zero_optimum and relu.converged and relu.iterations == 0 and relu.violation == 0.0
+    assert relu.lam_max == upper
     assert all(float(w.abs().max()) == 0.0 for w in relu.weights.values())
-    assert relu.lower_bound <= relu.objective and relu.gap <= 1e-6
+
+
+def test_relu_threshold_short_circuits_exactly_from_its_upper_end():
+    problem = denoising_problem()
+    lower, upper = problem.relu_lam_max_bracket()
+    zero = float((problem.Y ** 2).sum()) / (2 * problem.n)
+    problem.lam = upper
+    at = solve_relu(problem)
+    assert at.zero_optimum and at.converged and at.iterations == 0 and at.lam_max == upper
+    problem.lam = 0.95 * lower            # just below: the optimum leaves 0, certified by the solver
+    below = solve_relu(problem, tol=0.0, gap_tol=1e-6)
+    assert not below.zero_optimum and below.iterations > 0 and below.converged
+    assert below.objective < zero and below.violation <= 1e-6
+
+
+def test_projected_relu_iterates_stay_in_the_cones():
+    problem = denoising_problem()
+    r = solve_relu(problem, tol=0.0, gap_tol=1e-5, tol_violation=1e-8)
+    assert r.converged and r.gap <= 1e-5 and r.violation <= 1e-8
+    # every checked iterate was feasible to the projection tolerance (tol_violation / 10), not only the last
+    assert r.history and max(h["violation"] for h in r.history) <= 1e-9
+    assert all(h["lower_bound"] <= r.objective for h in r.history)
+
+
+def test_projected_and_augmented_lagrangian_reach_the_same_relu_optimum():
+    problem = denoising_problem("pattern")
+    a = solve_relu(problem, tol=0.0, gap_tol=1e-5, tol_violation=1e-7)
+    b = solve_relu(problem, method="augmented_lagrangian", tol=0.0, gap_tol=1e-5, tol_violation=1e-7)
+    assert a.converged and b.converged
+    # both certified within 1e-5 of the same optimum: each lies below the other's objective + its gap
+    assert a.lower_bound <= b.objective and b.lower_bound <= a.objective
+    assert a.objective == pytest.approx(b.objective, rel=2e-5)
+    with pytest.raises(ValueError, match="method"):
+        solve_relu(problem, method="admm")

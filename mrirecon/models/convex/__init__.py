@@ -5,8 +5,10 @@
     problem.py    sign patterns from random gates; the gated-ReLU and exact ReLU convex programs, their linear
                   maps (Gram matrix or matrix-free by row blocks, float32 patches with float64 sums), lam_max
                   and the dual bound
-    solvers.py    R-FISTA (gated), augmented Lagrangian (ReLU), cone decomposition; duality-gap certificates
-                  and the one stopping rule (`certified`)
+    cones.py      projections onto the ReLU program's cones (constraint generation + NNLS), certified cone
+                  norms, the ReLU program's own zero threshold
+    solvers.py    R-FISTA (gated), projected R-FISTA / augmented Lagrangian (ReLU), cone decomposition;
+                  duality-gap certificates and the one stopping rule (`certified`)
     network.py    the conv networks a solution maps to: two-layer ReLU (ReLU program), gated ReLU (gated)
     prox.py       the registered prox "convex_dual" (fixed or fine-tuned)
     fit.py        `mrirecon convex fit`: standalone fit on the training split

@@ -4,9 +4,15 @@
 
 The config is an experiment config (its `data` section picks the data, read with the training split's
 masks) plus a `fit:` section read only here (defaults in `FitSettings`). Pairs: input = the zero-filled
-SENSE image A^H y (or the clean target plus complex Gaussian noise, `input: noisy`), target = the fully
-sampled SENSE image, both as 2 real channels per ESPIRiT map. Fitting the input -> target map alone keeps
-the problem convex. A random subset of pixels (`num_patches`) gives the patch matrix (float32 by default:
+SENSE image A^H y (`input: zero_filled`), the clean target plus complex Gaussian noise (`noisy`), or the images
+the prox sees inside a PGD unroll (`unroll`: the data-consistency iterates v_k = v_{k-1} - alpha A^H (A v_{k-1}
+- y) from v_0 = A^H y, k = 1..`unroll_steps`, alpha = `step_size`, the identity as the prox between them);
+target = the reference image (`data.target`), both as 2 real channels per ESPIRiT map. Fitting the input ->
+target map alone keeps the problem convex. A prox fitted to the zero-filled image learns that image's error;
+inside the unrolls its inputs are DC-updated images, and such a prox lowered the PSNR at every unroll
+(docs/convex.md, "What a standalone fit can learn here"). `lam_path` solves several lam (fractions of
+lam_max) and keeps the one that denoises the val split best.
+A random subset of pixels (`num_patches`) gives the patch matrix (float32 by default:
 the solvers accumulate in float64). `program: relu` solves the exact ReLU program by the augmented
 Lagrangian and maps it to the two-layer ReLU network; `program: gated` solves the gated program (R-FISTA,
 matrix-free at scale) and keeps the gated-ReLU network (fixed gates). The cone decomposition would turn a
@@ -22,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -33,20 +39,24 @@ from .problem import GROUPINGS, ConvexProblem, check_lam, sample_gates
 from .prox import PREDICTS, save_weights
 from .solvers import solve_gated, solve_relu
 
-INPUTS = ("zero_filled", "noisy")
+INPUTS = ("zero_filled", "noisy", "unroll")
 PROGRAMS = ("relu", "gated")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
 class FitSettings:
-    input: str = "zero_filled"        # zero_filled | noisy
+    input: str = "zero_filled"        # zero_filled | noisy | unroll
     noise_std: float = 0.05           # noisy: std of the complex noise added to the (max-normalised) target
+    unroll_steps: int = 4             # unroll: K data-consistency iterates per slice (patches drawn from all)
+    step_size: float = 1.0            # unroll: the PGD step alpha of those iterates
     predicts: str = "residual"        # residual (target - input) | image (target)
     kernel_size: int = 3
     num_gates: int = 64               # P random gates (fewer patterns remain after dropping duplicates)
     lam: float = 1e-4                 # weight decay / group-l1 strength (loss scaled by 1/(2n))
     lam_fraction: float | None = None # if set: lam = lam_fraction * lam_max of the fitted data (overrides lam)
+    lam_path: list | None = None      # fractions of lam_max, solved largest first (warm starts); the network that
+                                      # denoises the val split best is kept (overrides lam and lam_fraction)
     program: str = "relu"             # relu (augmented Lagrangian) | gated (R-FISTA; the gated-ReLU network)
     dtype: str = "float32"            # of the patch matrix (sums are float64 either way)
     group_by: str = "channel"         # channel: exactly a weight-decayed two-layer ReLU net; pattern
@@ -72,9 +82,14 @@ class FitSettings:
         if self.lam_fraction is not None and not (isinstance(self.lam_fraction, (int, float))
                                                   and 0 < self.lam_fraction <= 1):
             raise bad("lam_fraction", "must be a number in (0, 1] or null")
+        if self.lam_path is not None and not (isinstance(self.lam_path, list) and self.lam_path and all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in self.lam_path)):
+            raise bad("lam_path", "must be a non-empty list of numbers in (0, 1] or null")
         if not (isinstance(self.noise_std, (int, float)) and self.noise_std >= 0):
             raise bad("noise_std", "must be >= 0")
-        for key in ("num_gates", "num_patches"):
+        if isinstance(self.step_size, bool) or not (isinstance(self.step_size, (int, float)) and self.step_size > 0):
+            raise bad("step_size", "must be a number > 0")
+        for key in ("num_gates", "num_patches", "unroll_steps"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(key, "must be an integer >= 1")
@@ -113,67 +128,117 @@ def read_fit_config(path: str | Path, overrides: list[str]) -> tuple[Any, FitSet
     return cfg, FitSettings(**fit).check()
 
 
-def denoising_pairs(cfg: Any, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Patch matrix X (n, C k^2) and targets Y (n, C) (float64) sampled from the training split."""
+def unroll_inputs(A: SenseOp, y: torch.Tensor, steps: int, step_size: float) -> list[torch.Tensor]:
+    """The K images a PGD unroll's prox sees when every prox is the identity: v_k = v_{k-1} - alpha A^H (A v_{k-1}
+    - y) from v_0 = A^H y (the data-consistency iterates, i.e. Landweber's iteration towards the SENSE solution)."""
+    from ..unrolled import gradient_step
+
+    x, out = A.H(y), []
+    for _ in range(steps):
+        x = gradient_step(x, A, y, step_size)
+        out.append(x)
+    return out
+
+
+def image_pairs(cfg: Any, settings: FitSettings, split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per slice of `split` (at most max_slices): the input images (K, C, H, W) (K = 1, or unroll_steps for
+    `input: unroll`) and the target (1, C, H, W), as real channels in float64."""
     from ...data.datamodule import ReconDataModule
 
-    ds = ReconDataModule(cfg).dataset("train")
+    ds = ReconDataModule(cfg).dataset(split)
     if ds.geometry.conv_dims != 2:
         raise ValueError(f"fit: the convex denoiser is 2D; data.kind={cfg.data.kind!r} (volume={cfg.data.volume}) "
                          "has 3D convolutions")
     count = len(ds) if settings.max_slices is None else min(len(ds), settings.max_slices)
-    per_slice = math.ceil(settings.num_patches / count)
     g = torch.Generator().manual_seed(settings.seed)
-    xs, ys = [], []
     for i in range(count):
         s = ds[i]
         clean = s.target[None]
         if clean.numel() == 0:
             raise ValueError(f"fit: {s.fname} has no fully sampled target (pre-undersampled data)")
-        if settings.input == "zero_filled":
-            noisy = SenseOp(s.maps[None], s.mask[None], ds.geometry.fft_ndim).H(s.kspace[None])
+        A = SenseOp(s.maps[None], s.mask[None], ds.geometry.fft_ndim)
+        if settings.input == "noisy":
+            inputs = [clean + settings.noise_std * torch.randn(clean.shape, generator=g, dtype=clean.dtype)]
+        elif settings.input == "zero_filled":
+            inputs = [A.H(s.kspace[None])]
         else:
-            noise = torch.randn(clean.shape, generator=g, dtype=clean.dtype)
-            noisy = clean + settings.noise_std * noise
-        inp = complex_to_channels(noisy).double()
-        out = complex_to_channels(clean).double()
+            inputs = unroll_inputs(A, s.kspace[None], settings.unroll_steps, settings.step_size)
+        yield complex_to_channels(torch.cat(inputs)).double(), complex_to_channels(clean).double()
+
+
+def denoising_pairs(cfg: Any, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Patch matrix X (n, C k^2) and targets Y (n, C) (float64) sampled from the training split."""
+    pairs = list(image_pairs(cfg, settings, "train"))
+    per_slice = math.ceil(settings.num_patches / len(pairs))
+    g = torch.Generator().manual_seed(settings.seed + 1)  # not the noise's generator: another stream
+    xs, ys = [], []
+    for inp, clean in pairs:
         X = patch_matrix(inp, settings.kernel_size)
-        Y = pixel_matrix(out) - (pixel_matrix(inp) if settings.predicts == "residual" else 0)
+        Y = pixel_matrix(clean).repeat(inp.shape[0], 1) - (pixel_matrix(inp) if settings.predicts == "residual" else 0)
         pick = torch.randperm(X.shape[0], generator=g)[:per_slice]
         xs.append(X[pick])
         ys.append(Y[pick])
     X, Y = torch.cat(xs)[: settings.num_patches], torch.cat(ys)[: settings.num_patches]
-    return X, Y, {"slices": count, "patches": X.shape[0], "split": str(ds.root)}
+    return X, Y, {"slices": len(pairs), "patches": X.shape[0], "split": "train", "input": settings.input}
+
+
+@torch.no_grad()
+def held_out_psnr_gain(net: torch.nn.Module, predicts: str, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """10 log10(MSE(input) / MSE(prox(input))) over held-out pairs, both against the target, every pixel of every
+    input image: > 0 when the prox denoises them, < 0 when it makes them worse."""
+    before = after = 0.0
+    for inp, clean in pairs:
+        out = net(inp.to(torch.float32)).double()  # the net is float32; the residual adds to the exact input
+        z = inp + out if predicts == "residual" else out
+        before += float((inp - clean).pow(2).sum())
+        after += float((z - clean).pow(2).sum())
+    return 10 * math.log10(before / after)
 
 
 def fit(cfg: Any, settings: FitSettings, out: str | Path, progress: bool = True) -> dict:
-    """Solve, map to the network, write `out`; returns the report stored with the weights."""
+    """Solve, map to the network, write `out`; returns the report stored with the weights.
+
+    With `lam_path`, every lam on the path is solved (each from the previous solution) and scored by
+    `held_out_psnr_gain` on the val split's pairs (the same kind of input); the best is written and the report
+    lists the whole path. The solver settings (time_limit among them) apply to each solve."""
     X, Y, data_info = denoising_pairs(cfg, settings)
     X = X.to(DTYPES[settings.dtype])
     gates = sample_gates(X, settings.num_gates, seed=settings.seed)
     problem = ConvexProblem(X, Y, gates, settings.lam, settings.group_by)
     lam_max = problem.lam_max()
-    if settings.lam_fraction is not None:
-        problem.lam = settings.lam_fraction * lam_max
-    t0 = time.perf_counter()
-    if settings.program == "relu":
-        result = solve_relu(problem, progress=progress, **settings.solver)
-        V, W = result.weights["V"], result.weights["W"]
-        objective, violation = result.objective, result.violation
+    if settings.lam_path is not None:
+        lams = [f * lam_max for f in sorted(settings.lam_path, reverse=True)]
+        held_out = list(image_pairs(cfg, dataclasses.replace(settings, max_slices=None), "val"))
     else:
-        result = solve_gated(problem, progress=progress, **settings.solver)
-        objective, violation = result.objective, 0.0
-    seconds = time.perf_counter() - t0
-    if settings.program == "relu":
-        net = relu_to_network(V, W, settings.kernel_size)
-    else:
-        net = gated_to_network(result.weights["U"], problem.gates, settings.kernel_size)
+        lams = [settings.lam_fraction * lam_max if settings.lam_fraction is not None else settings.lam]
+        held_out = []
+    path, best, start = [], None, None
+    for lam in lams:
+        problem.lam = lam
+        t0 = time.perf_counter()
+        if settings.program == "relu":
+            result = solve_relu(problem, progress=progress, **settings.solver)
+            net = relu_to_network(result.weights["V"], result.weights["W"], settings.kernel_size)
+            violation = result.violation
+        else:
+            result = solve_gated(problem, U0=start, progress=progress, **settings.solver)
+            start = result.weights["U"]
+            net = gated_to_network(start, problem.gates, settings.kernel_size)
+            violation = 0.0
+        point = {"lam": lam, "lam_fraction": lam / lam_max, "hidden": net.hidden, "objective": result.objective,
+                 "optimality": result.optimality, "gap": result.gap, "lower_bound": result.lower_bound,
+                 "violation": violation, "repaired": result.repaired, "converged": result.converged,
+                 "iterations": result.iterations, "solve_seconds": round(time.perf_counter() - t0, 3)}
+        if held_out:
+            point["val_psnr_gain_db"] = held_out_psnr_gain(net, settings.predicts, held_out)
+        path.append(point)
+        if best is None or point.get("val_psnr_gain_db", 0.0) > best[0].get("val_psnr_gain_db", 0.0):
+            best = (point, net)
+    point, net = best
     info = {"settings": dataclasses.asdict(settings), "data": data_info, "patterns": problem.shape[0],
-            "lam": problem.lam, "lam_max": lam_max, "gram": problem.gram,
-            "hidden": net.hidden, "objective": objective,
-            "optimality": result.optimality, "gap": result.gap, "lower_bound": result.lower_bound,
-            "violation": violation, "repaired": result.repaired, "converged": result.converged,
-            "iterations": result.iterations,
-            "solve_seconds": round(seconds, 3)}
+            "lam_max": lam_max, "gram": problem.gram, "zero_objective": float((problem.Y * problem.Y).sum()) / (2 * problem.n),
+            **point, "solve_seconds": round(sum(q["solve_seconds"] for q in path), 3)}
+    if held_out:
+        info["path"] = path
     save_weights(out, net, settings.predicts, info)
     return info

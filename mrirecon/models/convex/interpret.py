@@ -67,17 +67,28 @@ def effective_filters(net: TwoLayerReLUConv | GatedReLUConv, image: Tensor, pixe
     return torch.stack(out).reshape(len(pixels), c, c, k, k)
 
 
-def plot_regularisation_path(rows: list[dict], path: str | os.PathLike) -> Path:
+def plot_regularisation_path(rows: list[dict], path: str | os.PathLike, fitted: list[dict] | None = None) -> Path:
+    """Active patterns against lam; with `fitted` (the weights' own lam path, each point with
+    `val_psnr_gain_db`), a second panel: the held-out denoising gain of each fitted lam."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, axes = plt.subplots(1, 2 if fitted else 1, figsize=(9 if fitted else 4.5, 3.2), squeeze=False)
+    ax = axes[0][0]
     ax.semilogx([r["lam"] for r in rows], [r["active_patterns"] for r in rows], "o-")
     ax.set_xlabel("lam (group-l1 / weight decay)")
     ax.set_ylabel("active patterns (paths)")
     ax.set_title("regularisation path")
+    if fitted:
+        ax = axes[0][1]
+        ax.semilogx([r["lam"] for r in fitted], [r["val_psnr_gain_db"] for r in fitted], "o-", color="C1")
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set_xlabel("lam of the fitted prox")
+        ax.set_ylabel("held-out gain (dB): MSE(in) / MSE(prox(in))")
+        ax.set_title("denoising on the val split")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -126,9 +137,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
 def write_interpretation(cfg: Any, settings: Any, weights: str | os.PathLike, out: str | os.PathLike,
                          num_patches: int = 400) -> dict:
     """Figures for a fitted prox (`cfg`, `settings`: its fit config, `read_fit_config`): the regularisation
-    path on (a subset of) its fit's patches, and the effective filters at three pixels of the first training
-    slice's input image. Writes OUT/path.png, path.json and filters.png; returns {"rows", "lam_max", "paths"}."""
-    from .fit import denoising_pairs
+    path on (a subset of) its fit's patches (beside it the held-out gain of the lams the fit tried, when its
+    weights hold that path), and the effective filters at three pixels of the first training slice's input
+    image (the fit's own kind of input). Writes OUT/path.png, path.json and filters.png; returns
+    {"rows", "lam_max", "paths"}."""
+    from .fit import denoising_pairs, image_pairs
     from .prox import NETWORKS, load_weights
     from .problem import sample_gates
 
@@ -142,17 +155,16 @@ def write_interpretation(cfg: Any, settings: Any, weights: str | os.PathLike, ou
     lams = [lam_max * 10 ** (-4 + 4.2 * i / 9) for i in range(10)]
     rows = regularisation_path(problem, lams)
     out = Path(out)
-    plot_regularisation_path(rows, out / "path.png")
+    fitted = payload.get("info", {}).get("path")
+    plot_regularisation_path(rows, out / "path.png", fitted)
     from ...atomic import write_text
     import json
 
-    write_text(out / "path.json", json.dumps(rows, indent=2) + "\n")
-    # effective filters on the first training slice's (zero-filled or noisy) input
-    from ...physics import SenseOp, complex_to_channels
-    from ...data.datamodule import ReconDataModule
-
-    s = ReconDataModule(cfg).dataset("train")[0]
-    image = complex_to_channels(SenseOp(s.maps[None], s.mask[None], 2).H(s.kspace[None]))[0].float()
+    write_text(out / "path.json", json.dumps({"lam_max": lam_max, "path_on_subset": rows, "fitted_path": fitted,
+                                              "fitted_lam": payload.get("info", {}).get("lam")}, indent=2) + "\n")
+    # effective filters on the first training slice's input (zero-filled, noisy or the first unroll input)
+    inputs, _ = next(image_pairs(cfg, small, "train"))
+    image = inputs[0].float()
     h, w = image.shape[-2:]
     pixels = [(h // 2, w // 2), (h // 3, w // 2), (h // 2, w // 5)]
     plot_effective_filters(image, effective_filters(net, image, pixels), pixels, out / "filters.png")

@@ -40,6 +40,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .cones import relu_threshold
+
 GROUPINGS = ("pattern", "channel")
 GRAM_BUDGET = 128 * 2**20  # bytes
 BLOCK = 8192               # rows per block of the matrix-free products
@@ -113,6 +115,7 @@ class ConvexProblem:
         self.gram_bytes = (P * d) ** 2 * torch.finfo(self.dtype).bits // 8
         self.gram = (self.gram_bytes <= gram_budget) if gram is None else bool(gram)
         self._H: Tensor | None = None
+        self._relu_threshold: tuple[float, tuple[float, float]] | None = None
 
     @property
     def S(self) -> Tensor:
@@ -245,8 +248,20 @@ class ConvexProblem:
         """The smallest lam at which U = 0 solves the gated program: max over groups of ||X^T D_i Y|| / n
         (the optimality condition at 0: every group's loss gradient inside the lam-ball). The ReLU
         program's optimum is then 0 as well (its objective is >= the gated one at U = V - W and equal at
-        0), so lam >= lam_max needs no iterations for either."""
+        0), so lam >= lam_max needs no iterations for either; its own threshold (`relu_lam_max`) is lower."""
         return float(self.group_norms(self.predict_adjoint(self.Y) / self.n).max())
+
+    def relu_lam_max_bracket(self, rtol: float = 1e-6) -> tuple[float, float]:
+        """Certified (lower, upper) bounds on the ReLU program's own zero threshold (`cones.relu_threshold`:
+        one cone projection per gate and direction; no closed form): lam >= upper certifies the optimum 0,
+        lam < lower certifies a nonzero one. Computed once per problem (it does not depend on lam)."""
+        if self._relu_threshold is None or self._relu_threshold[0] > rtol:
+            self._relu_threshold = (rtol, relu_threshold(self, rtol))
+        return self._relu_threshold[1]
+
+    def relu_lam_max(self) -> float:
+        """The smallest lam certified to give the ReLU program the optimum 0 (upper end of the bracket)."""
+        return self.relu_lam_max_bracket()[1]
 
     # ------------------------------------------------------------------ the group-l1 prox
     def soft_threshold(self, U: Tensor, t: float) -> Tensor:

@@ -5,7 +5,10 @@ gated ReLU   R-FISTA (Mishkin, Sahiner and Pilanci, ICML 2022): accelerated prox
              (x1.25 after a step accepted at once, i.e. when the bound had slack), gradient-mapping restarts
              (O'Donoghue and Candes: restart the momentum when <y_k - x_{k+1}, x_{k+1} - x_k> > 0) and the
              group soft-threshold prox.
-ReLU         augmented Lagrangian for the cone constraints C(V) = (2 D_i - I) X V_i >= 0: inner R-FISTA on
+ReLU         `solve_relu` (default method "projected"): R-FISTA whose prox is exact -- the projection of every
+             column onto its cone (`cones.ConeProjector`) followed by the group soft-threshold -- so every
+             iterate is feasible to the projection tolerance (see `solve_relu`). method "augmented_lagrangian":
+             augmented Lagrangian for the cone constraints C(V) = (2 D_i - I) X V_i >= 0: inner R-FISTA on
              the loss + (1 / 2 delta) ||(gamma - delta C)_+||^2 (+ the same for W), multipliers
              gamma <- (gamma - delta C)_+, penalty delta doubled when the violation did not fall by 4x
              after an accurate inner solve (Bertsekas, "Constrained optimization and Lagrange multiplier
@@ -19,9 +22,10 @@ and the max constraint violation. A ReLU solve is `converged` only when the viol
 AND (the gap is <= gap_tol OR the min-norm subgradient is <= tol): `certified` is that one rule. A small gap
 alone proves nothing for ReLU: the gated optimum, read as (V, W) = (U, 0), has a zero gap against the
 multiplier-free dual and violates the cones (tests/test_convex.py).
-When lam >= lam_max (`problem.lam_max`, closed form) the optimum of both programs is 0: returned at once.
-Below it the ReLU program's optimum can still be 0 (its own threshold is lower and has no closed form): the
-ReLU solver returns 0 as soon as the dual bound certifies it (zero_optimum True, iterations > 0).
+When lam >= lam_max (`problem.lam_max`, closed form) the gated optimum is 0: returned at once. The ReLU
+program's own threshold is lower (`problem.relu_lam_max`, certified by cone projections, `cones.py`): at or
+above it `solve_relu` returns 0 at once (the augmented Lagrangian also stops at 0 when its dual bound
+certifies it).
 Both stop with SolverDiverged -- never NaN weights -- when the objective is not finite or explodes.
 """
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .cones import ConeProjector, column_gates, columns, gate_shift_columns, group_values, uncolumns
 from .problem import ConvexProblem
 
 
@@ -204,18 +209,8 @@ def solve_gated(problem: ConvexProblem, U0: Tensor | None = None, step: float = 
 def _gate_shift(problem: ConvexProblem, V: Tensor) -> Tensor:
     """(P, c): the smallest t >= 0 with (2 D_i - I) X (V_i[:, c] + t g_i) >= 0 on every row. The gate g_i lies
     inside its own cone ((2 D_i - I) X g_i = |X g_i|), so adding t g_i to a column moves it into the cone."""
-    t = torch.zeros(problem.shape[::2], dtype=problem.dtype, device=problem.X.device)
-    for r in problem.blocks():
-        S = problem.S[r].unsqueeze(-1)
-        need = (-(S * problem.lift(V, r))).clamp_min(0).to(problem.dtype)          # (m, P, c)
-        Xg = (problem.X[r] @ problem.gates).abs().unsqueeze(-1).to(problem.dtype)    # (m, P, 1)
-        on_plane = Xg == 0
-        if bool((need > 0).logical_and(on_plane).any()):
-            raise ValueError("convex model: a patch lies on a gate's hyperplane (X g_i = 0) but outside the cone; "
-                             "resample the gates (another seed)")
-        t = torch.maximum(t, torch.where(on_plane, torch.zeros_like(need), need / Xg.clamp_min(1e-300)).amax(0))
-    # a hair inside, so rounding does not leave a 1e-17 violation (float32 patches: their rounding level)
-    return t * (1 + (1e-9 if problem.X.dtype == torch.float64 else 1e-5))
+    return uncolumns(gate_shift_columns(problem, columns(V), column_gates(V.shape).to(V.device))[:, None],
+                     (*V.shape[:-2], 1, V.shape[-1])).squeeze(-2)
 
 
 def cone_decomposition(problem: ConvexProblem, U: Tensor) -> tuple[Tensor, Tensor]:
@@ -289,12 +284,11 @@ class AugmentedLagrangian:
         return {"violation": violation, "residual_sq": rr, "residual_dot_y": ry, "lagrangian_grad": G}
 
 
-def solve_relu(problem: ConvexProblem, V0: Tensor | None = None, W0: Tensor | None = None,
-               delta: float | None = None, tol: float = 1e-6, tol_violation: float = 1e-6, gap_tol: float = 1e-6,
-               max_outer: int = 50, inner_iter: int = 2000, step: float = 10.0, rtol: float = 0.0, start: str = "zero",
-               repair: bool = True, repair_rtol: float = 1e-6, repair_every: int = 10, time_limit: float = math.inf,
-               progress: bool = False) -> SolverResult:
-    """The exact ReLU program by an augmented Lagrangian (see the module docstring).
+def _solve_relu_al(problem: ConvexProblem, V0: Tensor | None, W0: Tensor | None, delta: float | None, tol: float,
+                   tol_violation: float, gap_tol: float, max_outer: int, inner_iter: int, step: float, rtol: float,
+                   start: str, repair: bool, repair_rtol: float, repair_every: int, time_limit: float,
+                   progress: bool, lam_max: float) -> SolverResult:
+    """The exact ReLU program by an augmented Lagrangian (method "augmented_lagrangian").
 
     start: "zero", or "gated" (the cone decomposition of the gated solution: feasible, the gated model's
     predictions, larger norms); V0, W0 override it. Converged by `certified` (violation <= tol_violation
@@ -311,9 +305,6 @@ def solve_relu(problem: ConvexProblem, V0: Tensor | None = None, W0: Tensor | No
     """
     t0 = time.perf_counter()
     deadline = t0 + time_limit
-    lam_max = problem.lam_max()
-    if problem.lam >= lam_max:
-        return _zero_result(problem, ("V", "W"), lam_max)
     if delta is None:
         # pyscnn uses 1000 / n; 10 / n with accurate inner solves is the robust default (it certifies the tiny,
         # underdetermined test problems). On the benchmark's problems (n >= 400, d = 50) a stiff penalty with
@@ -322,15 +313,8 @@ def solve_relu(problem: ConvexProblem, V0: Tensor | None = None, W0: Tensor | No
         delta = 10.0 / problem.n
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"relu convex solve: delta (the augmented-Lagrangian penalty) must be > 0, got {delta!r}")
-    if start not in ("zero", "gated"):
-        raise ValueError(f"relu convex solve: start must be 'zero' or 'gated', got {start!r}")
     if V0 is None or W0 is None:
-        if start == "gated":
-            gated = solve_gated(problem, step=step, tol=tol, gap_tol=gap_tol, max_iter=inner_iter,
-                                time_limit=time_limit)
-            V0, W0 = cone_decomposition(problem, gated.weights["U"])
-        else:
-            V0, W0 = problem.zeros(), problem.zeros()
+        V0, W0 = _relu_start(problem, start, step, tol, gap_tol, inner_iter, time_limit)
     Z = torch.stack([V0.to(problem.zeros()), W0.to(problem.zeros())])    # (2, P, d, c)
     al = AugmentedLagrangian(problem, delta)
 
@@ -424,3 +408,144 @@ def solve_relu(problem: ConvexProblem, V0: Tensor | None = None, W0: Tensor | No
     converged = certified(final_violation, gap, optimality, tol_violation, gap_tol, tol)
     return SolverResult({"V": V, "W": W}, objective, optimality, final_violation, converged, total, inner_step,
                         history, repaired, gap, lower, lam_max, zero_certified)
+
+
+RELU_METHODS = ("projected", "augmented_lagrangian")
+
+
+def solve_relu(problem: ConvexProblem, V0: Tensor | None = None, W0: Tensor | None = None,
+               method: str = "projected", tol: float = 1e-6, tol_violation: float = 1e-6, gap_tol: float = 1e-6,
+               max_iter: int | None = None, step: float = 10.0, start: str = "zero", repair: bool = True,
+               repair_rtol: float = 1e-6, time_limit: float = math.inf, progress: bool = False,
+               check_every: int = 10, projection_tol: float | None = None, projection_rounds: int = 200,
+               delta: float | None = None, max_outer: int = 50, inner_iter: int = 2000, rtol: float = 0.0,
+               repair_every: int = 10) -> SolverResult:
+    """The exact ReLU program. Converged by `certified`: violation <= tol_violation and (relative duality
+    gap <= gap_tol or optimality <= tol), judged on the returned weights.
+
+    lam at or above the program's own zero threshold (`ConvexProblem.relu_lam_max`, certified by cone
+    projections) returns 0 at once (zero_optimum True, iterations 0); `lam_max` of the result is that
+    threshold.
+    method "projected" (default): R-FISTA on Z = (V, W) whose prox is exact: the projection of every column
+    onto its cone K_i (`cones.ConeProjector`) followed by the group soft-threshold (for a cone K,
+    prox of lam ||.|| + indicator_K is soft(proj_K(.)), Moreau's decomposition). Every iterate is feasible to
+    `projection_tol` (default tol_violation / 10; `projection_rounds` caps the constraint-generation rounds
+    of one projection: a projection left above tolerance is reported, never certified). Dual bound every
+    `check_every` iterations: the Fenchel dual of `problem.dual_value` with the cone dual norm
+    max_g ||proj_{K_i}(-+ grad_g)||, bounded above through the projections' multipliers. optimality: the
+    norm of the proximal-gradient map (Z - prox(Z - t grad)) / t, 0 exactly at an optimum. max_iter default
+    max_outer * inner_iter.
+    method "augmented_lagrangian": the multiplier method of the module docstring (delta, max_outer,
+    inner_iter, rtol, repair_every are its settings).
+    start: "zero" or "gated" (the cone decomposition of the gated solution); V0, W0 override it.
+    repair: finally make the solution exactly feasible by `repair_feasibility` (same predictions), kept only
+    if that raises the objective by <= repair_rtol (relative).
+    """
+    if method not in RELU_METHODS:
+        raise ValueError(f"relu convex solve: method must be one of {RELU_METHODS}, got {method!r}")
+    if start not in ("zero", "gated"):
+        raise ValueError(f"relu convex solve: start must be 'zero' or 'gated', got {start!r}")
+    lam_max = problem.relu_lam_max()
+    if problem.lam >= lam_max:
+        return _zero_result(problem, ("V", "W"), lam_max)
+    if method == "augmented_lagrangian":
+        return _solve_relu_al(problem, V0, W0, delta, tol, tol_violation, gap_tol, max_outer, inner_iter, step,
+                              rtol, start, repair, repair_rtol, repair_every, time_limit, progress, lam_max)
+    if max_iter is None:
+        max_iter = max_outer * inner_iter
+    return _solve_relu_projected(problem, V0, W0, tol, tol_violation, gap_tol, max_iter, step, start, repair,
+                                 repair_rtol, time_limit, progress, check_every,
+                                 tol_violation / 10 if projection_tol is None else projection_tol,
+                                 projection_rounds, lam_max)
+
+
+def _relu_start(problem: ConvexProblem, start: str, step: float, tol: float, gap_tol: float, max_iter: int,
+                time_limit: float) -> tuple[Tensor, Tensor]:
+    if start == "gated":
+        gated = solve_gated(problem, step=step, tol=tol, gap_tol=gap_tol, max_iter=max_iter, time_limit=time_limit)
+        return cone_decomposition(problem, gated.weights["U"])
+    return problem.zeros(), problem.zeros()
+
+
+def _solve_relu_projected(problem: ConvexProblem, V0: Tensor | None, W0: Tensor | None, tol: float,
+                          tol_violation: float, gap_tol: float, max_iter: int, step: float, start: str,
+                          repair: bool, repair_rtol: float, time_limit: float, progress: bool, check_every: int,
+                          projection_tol: float, projection_rounds: int, lam_max: float) -> SolverResult:
+    t0 = time.perf_counter()
+    if not (isinstance(projection_tol, (int, float)) and projection_tol > 0):
+        raise ValueError(f"relu convex solve: projection_tol must be > 0, got {projection_tol!r}")
+    if V0 is None or W0 is None:
+        V0, W0 = _relu_start(problem, start, step, tol, gap_tol, max_iter, time_limit)
+    Z0 = torch.stack([V0.to(problem.zeros()), W0.to(problem.zeros())])         # (2, P, d, c)
+    primal = ConeProjector(problem, tol=projection_tol, max_rounds=projection_rounds)
+    dual = ConeProjector(problem, tol=projection_tol, max_rounds=projection_rounds)
+    primal.deadline = dual.deadline = t0 + time_limit   # a projection cut short is reported, never certified
+    lam = problem.lam
+    b = problem.predict_adjoint(problem.Y) / problem.n          # <r, Y> = n <V - W, b> - ||Y||^2
+    yy = float((problem.Y * problem.Y).sum())
+    state = {"violation": math.inf, "t": step, "lower": -math.inf, "optimality": math.inf, "feasible": None}
+
+    def smooth(Z: Tensor) -> tuple[Tensor, Tensor]:
+        f, G = problem.loss_and_grad(Z[0] - Z[1])
+        return f, torch.stack([G, -G])
+
+    def value(Z: Tensor) -> Tensor:
+        return problem.loss(Z[0] - Z[1])
+
+    def live_columns(Z: Tensor, level: float) -> Tensor:
+        """(2, P, c): the columns of groups whose norm exceeds level (the others project and threshold to 0
+        or stay inside the bound: ||proj_K z|| <= ||z||)."""
+        live = problem.group_norms(Z) > level
+        return live if problem.group_by == "channel" else live.unsqueeze(-1).expand(*live.shape, Z.shape[-1])
+
+    def prox(Z: Tensor, t: float, record: bool = True) -> Tensor:
+        out = primal.project(Z, live_columns(Z, t * lam))
+        if record:  # the violation of the point FISTA accepts last: the one `check` judges
+            state["violation"], state["t"] = primal.last_violation, t
+        return problem.soft_threshold(out, t)
+
+    def check(Z: Tensor, f: float, grad: Tensor) -> tuple[bool, dict]:
+        violation = state["violation"]
+        # dual feasibility of z = s r / n: for every group, max over its cone of <-+grad, u> <= lam / s
+        g = -grad                                                  # (2, P, d, c): directions V, W
+        live = live_columns(g, 0.9 * lam)
+        upper = torch.where(live, columns(dual.project(g, live)).norm(dim=1).reshape(live.shape),
+                            g.norm(dim=-2))
+        dual_norm_max = float(group_values(problem, upper).max())
+        U = Z[0] - Z[1]
+        lower = problem.dual_value(2 * problem.n * f, problem.n * float((U * b).sum()) - yy, dual_norm_max)
+        state["lower"] = max(state["lower"], lower)
+        objective = f + float(problem.penalty(Z))
+        if violation <= tol_violation and (state["feasible"] is None or objective <= state["feasible"][0]):
+            state["feasible"] = (objective, Z.clone())   # returned if a later iterate is cut short infeasible
+        gap = relative_gap(objective, state["lower"])
+        opt = math.inf
+        if tol > 0:
+            t = state["t"]
+            mapped = prox(Z - t * grad, t, record=False)
+            opt = float((Z - mapped).norm()) / t
+        state["optimality"] = opt
+        return certified(violation, gap, opt, tol_violation, gap_tol, tol), {
+            "optimality": opt, "gap": gap, "lower_bound": state["lower"], "violation": violation,
+            "dual_norm_max": dual_norm_max}
+
+    Z, info = fista(smooth, value, prox, problem.penalty, check, prox(Z0, step), step=step, max_iter=max_iter,
+                    check_every=check_every, slack=_slack(problem), deadline=t0 + time_limit, progress=progress,
+                    what="relu convex solve (projected R-FISTA)")
+    V, W = Z[0].clone(), Z[1].clone()
+    objective, repaired = problem.relu_objective(V, W), False
+    violation = problem.constraint_violation(V, W)
+    if repair and violation > 0:
+        V2, W2 = repair_feasibility(problem, V, W)
+        fixed = problem.relu_objective(V2, W2)
+        if fixed - objective <= repair_rtol * abs(objective):
+            V, W, objective, repaired = V2, W2, fixed, True
+            violation = problem.constraint_violation(V, W)
+    if violation > tol_violation and state["feasible"] is not None:
+        # the last iterate's projection was cut short (time limit): return the best checked feasible one
+        V, W = state["feasible"][1][0].clone(), state["feasible"][1][1].clone()
+        objective, violation = problem.relu_objective(V, W), problem.constraint_violation(V, W)
+    gap = relative_gap(objective, state["lower"])
+    converged = certified(violation, gap, state["optimality"], tol_violation, gap_tol, tol)
+    return SolverResult({"V": V, "W": W}, objective, state["optimality"], violation, converged, info["iterations"],
+                        info["step"], info["history"], repaired, gap, state["lower"], lam_max)

@@ -90,3 +90,31 @@ def test_cli_refuses_mni152_for_knee_naming_the_option(tmp_path, capsys):
         main(["--kind", "knee2d", "--anatomy", "mni152", "--out", str(tmp_path), "--volumes", "1"])
     assert exit_.value.code == 2
     assert "--anatomy mni152" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def _dark_runs(values: np.ndarray, x: np.ndarray, below: float) -> list[tuple[float, float]]:
+    """(start, end) in mm of each run of consecutive samples below `below`."""
+    dark = np.concatenate([[False], values < below, [False]]).astype(int)
+    edges = np.flatnonzero(np.diff(dark))
+    return [(float(x[a]), float(x[b - 1])) for a, b in zip(edges[::2], edges[1::2])]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_model_skull_has_an_outer_and_an_inner_table_around_the_diploe(seed):
+    """A radial profile through the model head (T2: bright CSF and scalp, mid diploe, dark bone) at 0.1 mm:
+    from the brain outwards, CSF, the inner table, the diploe, the outer table, the scalp: two dark bands
+    of about the 1.6 mm table thickness, with diploe between them (the inner table was missing once)."""
+    pix = 0.1
+    x = np.arange(40.0, 95.0, pix, dtype=np.float32)
+    P = np.stack([x, np.full_like(x, -5.0), np.full_like(x, 10.0)], -1)
+    t = phantoms.BRAIN_TISSUES["T2"]
+    profile = phantoms._brain(P, np.random.default_rng(seed), t, pix)
+    inside_head = x < x[np.flatnonzero(profile > 0.02)[-1]]
+    # bone 0.04 (x 1 +- 0.12), diploe 0.45, scalp 0.70, CSF 1.0: below 0.2 is bone, or air outside the head
+    runs = _dark_runs(np.where(inside_head, profile, 1.0), x, below=0.2)
+    assert len(runs) == 2, runs
+    (inner_start, inner_end), (outer_start, outer_end) = runs
+    assert 0.8 < inner_end - inner_start < 2.2 and 0.8 < outer_end - outer_start < 2.2
+    diploe = profile[(x > inner_end + 0.5) & (x < outer_start - 0.5)]
+    assert diploe.size and np.median(diploe) > 0.7 * t["diploe"]
+

@@ -76,6 +76,72 @@ def test_random_contrasts_stay_in_range_and_cover_t1_and_t2_orderings():
     assert min(t1_like, t2_like, pd_like) >= 20  # each ordering ~1/6 of the draws or more
 
 
+def test_sequence_signals_follow_the_signal_equations():
+    t1, t2, pd = 900.0, 80.0, 0.7
+    # spin echo: full recovery and no decay is the proton density; TR = T1 ln 2 recovers half
+    assert phantoms.sequence_signal(dict(tr=1e9, te=0.0), t1, t2, pd) == pytest.approx(pd, rel=1e-12)
+    assert phantoms.sequence_signal(dict(tr=t1 * np.log(2), te=t2), t1, t2, pd) == pytest.approx(pd / 2 / np.e)
+    # inversion recovery at TI = T1 ln(2 / (1 + exp(-TR/T1))) nulls that tissue
+    tr = 9000.0
+    ti = t1 * np.log(2 / (1 + np.exp(-tr / t1)))
+    assert phantoms.sequence_signal(dict(tr=tr, te=100.0, ti=ti), t1, t2, pd) < 1e-12
+    assert phantoms.sequence_signal(dict(tr=tr, te=100.0, ti=ti), 2 * t1, t2, pd) > 0.05
+    # spoiled gradient echo: the Ernst angle acos(exp(-TR/T1)) gives the most signal
+    ernst = np.rad2deg(np.arccos(np.exp(-20.0 / t1)))
+    gre = [phantoms.sequence_signal(dict(tr=20.0, te=5.0, flip_deg=a, t2star=0.6), t1, t2, pd)
+           for a in (ernst - 3, ernst, ernst + 3)]
+    assert gre[1] > max(gre[0], gre[2])
+
+
+def test_physical_contrasts_are_their_recorded_draw_and_order_tissues_as_their_sequence():
+    orders = {"t1w_gre": [], "flair": [], "t2w_se": [], "epi": []}
+    seen = set()
+    for i in range(600):
+        draw = {}
+        t = phantoms.physics_intensities(np.random.default_rng([7, i]), draw)
+        seq, relax = draw["sequence"], draw["relaxation"]
+        seen.add(seq["sequence"])
+        for name, ((lo1, hi1), (lo2, hi2), (lo3, hi3)) in phantoms.SYNTH_RELAXATION.items():
+            r1, r2, r3 = relax[name]
+            assert lo1 <= r1 <= hi1 and lo2 <= r2 <= hi2 and lo3 <= r3 <= hi3
+        # the intensities are the recorded sequence on the recorded tissues, fat suppressed, brightest = 1
+        signal = {name: phantoms.sequence_signal(seq, *relax[name]) for name in phantoms.SYNTH_TISSUES}
+        lo, hi = phantoms.SYNTH_FAT_SAT
+        assert (lo <= seq["fat_factor"] <= hi) if seq["fat_sat"] else seq["fat_factor"] == 1.0
+        for name in ("scalp", "diploe"):
+            signal[name] *= seq["fat_factor"]
+        top = max(signal.values())
+        for name in phantoms.SYNTH_TISSUES:
+            assert t[name] == pytest.approx(signal[name] / top, rel=1e-6)
+        assert max(t[name] for name in phantoms.SYNTH_TISSUES) == 1.0
+        assert phantoms.SYNTH_BONE[0] <= t["skull"] <= phantoms.SYNTH_BONE[1]
+        name = seq["sequence"]
+        if name == "spoiled_gre" and seq["flip_deg"] >= 25:
+            orders["t1w_gre"].append(t["wm"] > t["gm"] > t["csf"])
+        elif name == "flair":
+            orders["flair"].append(t["csf"] < min(t["wm"], t["gm"]))
+        elif name == "spin_echo" and seq["tr"] >= 2500 and seq["te"] >= 70:
+            orders["t2w_se"].append(t["csf"] > t["gm"] > t["wm"])
+        elif name == "epi":
+            orders["epi"].append(t["csf"] > max(t["wm"], t["gm"]))
+    assert seen == set(phantoms.SYNTH_SEQUENCES)
+    assert all(len(v) >= 10 for v in orders.values()), {k: len(v) for k, v in orders.items()}
+    assert np.mean(orders["t1w_gre"]) > 0.85 and np.mean(orders["flair"]) == 1.0  # T1-weighted; CSF nulled
+    assert np.mean(orders["t2w_se"]) == 1.0 and np.mean(orders["epi"]) > 0.7      # T2- and T2*-weighted
+
+
+def test_synth_contrast_mixes_physical_and_uniform_draws_and_records_which():
+    kinds = []
+    for i in range(400):
+        draw = {}
+        phantoms.synth_contrast(np.random.default_rng([11, i]), draw)
+        kinds.append(draw["contrast"])
+        assert ("sequence" in draw) == (draw["contrast"] == "physics")
+    share = kinds.count("physics") / len(kinds)
+    assert set(kinds) == {"physics", "random"}
+    assert abs(share - phantoms.SYNTH_PHYSICS) < 4 * np.sqrt(0.25 / len(kinds))  # binomial, 4 sigma
+
+
 def test_bias_field_stays_within_its_drawn_bound():
     P = phantoms._stack_grid(2, (32, 32), 220.0, 7.5, "axial")
     for seed in range(20):
@@ -96,7 +162,8 @@ def test_a_seed_reproduces_a_synth_volume_exactly_and_records_what_was_drawn():
     assert not np.allclose(a[TARGET], c[TARGET])
     draw = json.loads(attrs_a["synth_draw"])
     assert draw == json.loads(attrs_b["synth_draw"])
-    assert draw["deformed"] and draw["contrast"] == "random"
+    assert draw["deformed"] and draw["contrast"] in ("physics", "random")
+    assert ("sequence" in draw) == (draw["contrast"] == "physics")
     assert set(draw["intensities"]) == {*phantoms.SYNTH_TISSUES, "skull"}
     assert phantoms.SYNTH_VENTRICLES[0] <= draw["ventricle_scale"] <= phantoms.SYNTH_VENTRICLES[1]
     assert all(0 <= b <= phantoms.SYNTH_BLUR_PX for b in draw["blur_px"])

@@ -51,8 +51,10 @@ DEFAULTS: dict[str, dict] = {
 KINDS = tuple(DEFAULTS)
 
 # Written into every file (attr `generator_version`): 2 = per-volume noise level, coil array with bias field,
-# tissue and texture jitter (version 1, without the attr: fixed noise, normalised birdcage maps).
-GENERATOR_VERSION = 2
+# tissue and texture jitter (version 1, without the attr: fixed noise, normalised birdcage maps); 3 = the
+# brain model's inner skull table (missing before), `--anatomy synth` contrasts half physical (sequences on
+# relaxation times), half uniform.
+GENERATOR_VERSION = 3
 
 # Where the anatomy comes from: the built-in models (`phantoms`), or, for brain2d, the MNI ICBM152 2009a
 # template read from the installed nilearn package (`phantoms.brain2d_mni152`), new brains synthesised from

@@ -405,7 +405,9 @@ def _brain(P: np.ndarray, rng: np.random.Generator, t: dict, pix: float) -> np.n
     cv.paint(_fill(head, w), t["scalp"] * (1 + 0.05 * tex(P, 8, pix)))
     inner_skull = head + F32(scalp + skull)
     cv.paint(_fill(head + F32(scalp), w), t["skull"])
-    cv.paint(_fill(head + F32(scalp + 1.6), w) - _fill(inner_skull + F32(1.6), w),
+    # diploe between the outer and inner tables, each 1.6 mm of dark cortical bone (the inner table lies
+    # outside the inner skull surface: `inner_skull - 1.6`, as `_template_head`'s shells)
+    cv.paint(_fill(head + F32(scalp + 1.6), w) - _fill(inner_skull - F32(1.6), w),
              t["diploe"] * (1 + 0.1 * tex(P, 4, pix)))
     cv.paint(_fill(inner_skull, w), t["csf"])
 
@@ -610,6 +612,24 @@ def _template_head(rng: np.random.Generator, slab: _Slab, t: dict, tex, displace
 # orderings and every other one); cortical bone has no signal on any sequence: uniform in SYNTH_BONE.
 SYNTH_TISSUES = ("wm", "gm", "csf", "scalp", "diploe")
 SYNTH_INTENSITY, SYNTH_BONE = (0.05, 1.0), (0.0, 0.08)
+# Physical contrast (`physics_intensities`), drawn for a fraction SYNTH_PHYSICS of the volumes (the rest:
+# the uniform draws above): each tissue's T1 (ms), T2 (ms) and proton density uniform in these ranges (brain
+# tissue at 1.5 T to 3 T, Stanisz et al., MRM 2005; CSF near free water; scalp = subcutaneous fat, diploe =
+# fatty marrow), imaged by a random sequence of SYNTH_SEQUENCES with the usual signal equations.
+SYNTH_PHYSICS = 0.5
+SYNTH_RELAXATION = {  # tissue: ((T1 min, max), (T2 min, max), (PD min, max))
+    "wm": ((750.0, 1100.0), (65.0, 85.0), (0.65, 0.75)),
+    "gm": ((1100.0, 1850.0), (85.0, 110.0), (0.78, 0.88)),
+    "csf": ((3500.0, 4500.0), (1200.0, 2000.0), (0.97, 1.0)),
+    "scalp": ((250.0, 400.0), (60.0, 130.0), (0.85, 1.0)),
+    "diploe": ((300.0, 550.0), (50.0, 100.0), (0.6, 0.9)),
+}
+# Sequences, equally likely (times in ms): spin echo over the T1-/PD-/T2-weighted plane, FLAIR (inversion
+# nulling CSF +-10%), spoiled gradient echo (3D T1-weighted to PD-weighted by its flip angle), gradient-echo
+# EPI; T2* = T2 x 0.5-0.8 for the gradient echoes. Fat suppression (scalp and diploe x SYNTH_FAT_SAT) with
+# probability 0.5 for EPI, 0.2 otherwise.
+SYNTH_SEQUENCES = ("spin_echo", "flair", "spoiled_gre", "epi")
+SYNTH_FAT_SAT = (0.02, 0.2)
 # Deformation (stationary velocity field, `deformation`): the largest velocity of a coarse field (shape,
 # correlation SYNTH_COARSE_MM) and of a fine one (cortical folding position, SYNTH_FINE_MM), in mm, and the
 # ventricles' linear size factor, log-uniform (at their centre).
@@ -649,6 +669,71 @@ def synth_intensities(rng: np.random.Generator) -> dict:
     return t
 
 
+def _sequence(rng: np.random.Generator) -> dict:
+    """A random sequence of SYNTH_SEQUENCES: its name and timings (ms); TI of FLAIR is set per volume in
+    `physics_intensities` (from its CSF T1)."""
+    name = str(rng.choice(SYNTH_SEQUENCES))
+    if name == "spin_echo":
+        seq = dict(tr=float(np.exp(rng.uniform(np.log(300.0), np.log(5000.0)))), te=float(rng.uniform(5.0, 120.0)))
+    elif name == "flair":
+        seq = dict(tr=float(rng.uniform(6000.0, 11000.0)), te=float(rng.uniform(80.0, 140.0)),
+                   null_error=float(rng.uniform(0.9, 1.1)))
+    elif name == "spoiled_gre":
+        seq = dict(tr=float(rng.uniform(8.0, 30.0)), te=float(rng.uniform(3.0, 10.0)),
+                   flip_deg=float(rng.uniform(5.0, 40.0)), t2star=float(rng.uniform(0.5, 0.8)))
+    else:
+        seq = dict(tr=float(rng.uniform(1500.0, 4000.0)), te=float(rng.uniform(20.0, 50.0)),
+                   t2star=float(rng.uniform(0.5, 0.8)))
+    seq["fat_sat"] = bool(rng.uniform() < (0.5 if name == "epi" else 0.2))
+    return {"sequence": name, **seq}
+
+
+def sequence_signal(seq: dict, t1: float, t2: float, pd: float) -> float:
+    """Signal of a tissue (T1, T2 in ms, proton density) in sequence `seq` (`_sequence`; `ti` set for FLAIR).
+    With E1 = exp(-TR/T1) and E2 = exp(-TE/T2) (T2 x `t2star` for the gradient echoes): spin echo and EPI
+    PD (1 - E1) E2; inversion recovery PD |1 - 2 exp(-TI/T1) + E1| E2 (a magnitude image); spoiled gradient
+    echo of flip a PD sin(a) (1 - E1) / (1 - cos(a) E1) E2 (Ernst's steady state)."""
+    e1, e2 = np.exp(-seq["tr"] / t1), np.exp(-seq["te"] / (t2 * seq.get("t2star", 1.0)))
+    if "ti" in seq:
+        return float(pd * abs(1 - 2 * np.exp(-seq["ti"] / t1) + e1) * e2)
+    if "flip_deg" in seq:
+        a = np.deg2rad(seq["flip_deg"])
+        return float(pd * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1) * e2)
+    return float(pd * (1 - e1) * e2)
+
+
+def physics_intensities(rng: np.random.Generator, draw: dict) -> dict:
+    """Tissue signals (`sequence_signal`) of a random sequence (`_sequence`) on tissues of random relaxation
+    times (SYNTH_RELAXATION), scaled so that the brightest tissue is 1; fat-suppressed scalp and diploe x
+    SYNTH_FAT_SAT; bone SYNTH_BONE. The sequence, its timings and fat factor go into `draw["sequence"]`, each
+    tissue's (T1, T2, PD) into `draw["relaxation"]`."""
+    tissue = {name: tuple(float(rng.uniform(*r)) for r in SYNTH_RELAXATION[name]) for name in SYNTH_TISSUES}
+    seq = _sequence(rng)
+    tr = seq["tr"]
+    if seq["sequence"] == "flair":  # the inversion time that nulls this CSF, off by null_error
+        t1_csf = tissue["csf"][0]
+        seq["ti"] = float(seq.pop("null_error") * t1_csf * np.log(2.0 / (1.0 + np.exp(-tr / t1_csf))))
+    signal = {name: sequence_signal(seq, *tissue[name]) for name in SYNTH_TISSUES}
+    seq["fat_factor"] = float(rng.uniform(*SYNTH_FAT_SAT)) if seq["fat_sat"] else 1.0
+    for name in ("scalp", "diploe"):
+        signal[name] *= seq["fat_factor"]
+    top = max(signal.values())
+    t = {name: float(v / top) for name, v in signal.items()}
+    t["skull"] = float(rng.uniform(*SYNTH_BONE))
+    draw.update(sequence=seq, relaxation={name: list(tissue[name]) for name in SYNTH_TISSUES})
+    return t
+
+
+def synth_contrast(rng: np.random.Generator, draw: dict) -> dict:
+    """This volume's tissue signals: physical (`physics_intensities`) with probability SYNTH_PHYSICS, else
+    independent uniform draws (`synth_intensities`, SynthSeg's); `draw["contrast"]` says which."""
+    if rng.uniform() < SYNTH_PHYSICS:
+        draw["contrast"] = "physics"
+        return physics_intensities(rng, draw)
+    draw["contrast"] = "random"
+    return synth_intensities(rng)
+
+
 def bias_field(rng: np.random.Generator, A: np.ndarray, pix: float, draw: dict) -> np.ndarray:
     """Smooth multiplicative field over the stack (transmit inhomogeneity), within [1/b, b]."""
     b = float(rng.uniform(1.0, SYNTH_BIAS_MAX))
@@ -665,13 +750,13 @@ def brain2d_synth(rng: np.random.Generator, slices: int, shape: tuple[int, int] 
 
     As `brain2d_mni152` (slab, rigid transform with +-10% scaling, partial volume, skull and scalp shells),
     plus: the template warped by a random diffeomorphism (`synth_deformation`; `deform`), tissue signals
-    drawn at random (`synth_intensities`; without `random_contrast`, the protocol's table jittered as
-    `brain2d_mni152` does), a bias field (`bias_field`) and an in-plane blur (random resolution)."""
+    drawn at random (`synth_contrast`: physical or uniform; without `random_contrast`, the protocol's table
+    jittered as `brain2d_mni152` does), a bias field (`bias_field`) and an in-plane blur (random resolution)."""
     from scipy import ndimage
 
-    draw: dict = {"deformed": bool(deform), "contrast": "random" if random_contrast else "protocol"}
-    t = synth_intensities(rng) if random_contrast else _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition,
-                                                                  "brain", rng)
+    draw: dict = {"deformed": bool(deform), "contrast": "protocol"}
+    t = synth_contrast(rng, draw) if random_contrast else _contrast(BRAIN_TISSUES, _BRAIN_CONTRAST, acquisition,
+                                                                     "brain", rng)
     draw["intensities"] = {k: float(v) for k, v in t.items()}
     tex = _subject_texture(rng)
     slab = _mni_slab(rng, slices, shape, fov_mm)

@@ -459,3 +459,29 @@ def test_a_pipeline_run_folder_has_one_writer_and_a_copy_keeps_its_best_record(s
     assert len(epochs) == 3 and resumed.best_score == pytest.approx(max(epochs), rel=1e-6)
     assert resumed.best_checkpoint == str(copy.resolve() / "checkpoints" / f"best-epoch{int(np.argmax(epochs))}.ckpt")
     assert Path(resumed.best_checkpoint).is_file()
+
+
+def test_the_ddp_child_watch_ends_a_process_that_does_not_report_its_dead_peer_with_exit_4():
+    """When a process Lightning's DDP launcher started dies and this process does not report it within the
+    grace period (stuck), the watcher that replaces Lightning's SIGKILL ends it with one line and exit 4."""
+    script = (
+        "import subprocess, sys, time\n"
+        "from mrirecon.training import data_parallel as dp\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.exit(9)'])\n"
+        "dp._ChildWatch([child], period_s=0.1, grace_s=0.5).start()\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith(
+        "error: data-parallel training, rank 0: the process of rank 1 (pid ")
+    assert proc.stderr.rstrip().endswith("ended with exit status 9; resume from the run's checkpoints/last.ckpt")
+
+
+def test_lightning_ddp_launcher_uses_the_child_watch():
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    from mrirecon.training.data_parallel import install_child_watch, watch_child_processes
+
+    install_child_watch()
+    assert subprocess_script._launch_process_observer is watch_child_processes

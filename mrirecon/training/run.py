@@ -18,6 +18,7 @@ from ..atomic import folder_lock
 from ..config import Config, ConfigError, save_config
 from ..data.datamodule import ReconDataModule
 from .checkpoints import AtomicCheckpointIO, file_sha256, load_checkpoint
+from .data_parallel import install_child_watch
 from .guards import NonFiniteError
 from .interrupts import StopRequests, TrainingInterrupted
 from .module import ReconModule
@@ -309,6 +310,7 @@ def build_trainer(cfg: Config, module: ReconModule, data: ReconDataModule, run_d
     last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                          enable_version_counter=False, save_on_train_epoch_end=True, stop=stop)
     timer = StepTimer()
+    install_child_watch()  # a dead DDP process is reported in one line (exit 4), not SIGKILLed away
     extra = [RecordResume(cfg, resume, changes or {}, run_dir / "resumes.json")] if resume else []
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg, module),

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mrirecon"
 
 # Lower layers never import higher ones; modules of one layer may import each other (without circles).
 LAYERS = [
-    {"atomic", "options", "physics"},
+    {"atomic", "numerics", "options", "physics"},
     {"config"},
     {"data"},
     {"synthetic", "models"},

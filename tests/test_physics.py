@@ -122,3 +122,18 @@ def test_rss_and_channel_roundtrip(rng):
     assert torch.equal(channels_to_complex(ch), x)
     with pytest.raises(ValueError, match="even number"):
         channels_to_complex(torch.zeros(1, 3, 2, 2))
+
+
+def test_flush_denormals_zeroes_subnormal_products_on_this_cpu():
+    import torch
+
+    from mrirecon.numerics import flush_denormals
+
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    try:
+        if not flush_denormals():
+            pytest.skip("this CPU cannot flush subnormals")
+        assert (tiny * 1e-10).item() == 0.0  # 1e-40 is subnormal in float32
+    finally:
+        torch.set_flush_denormal(False)
+    assert (tiny * 1e-10).item() != 0.0

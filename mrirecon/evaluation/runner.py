@@ -45,6 +45,7 @@ from ..data.transforms import EpochTagged
 from ..data.errors import DataError
 from ..data.kinds import get_kind
 from ..data.layouts import KSPACE, PREDICTION
+from ..numerics import flush_denormals
 from ..physics import SenseOp
 from .baselines import classical_prediction
 from .cine import challenge_metrics, frame_rows, save_cine_outputs, write_frame_csv
@@ -207,6 +208,7 @@ def evaluate(cfg: Config, data: str | Path, out: str | Path, method: str = "netw
     writing; outputs of an earlier run into `out` are replaced). `progress`: a progress bar on a terminal.
     A classical method without `baseline_params` has them chosen on the val/ split beside `data` when
     there is one and `tune` (`tuning.tune_baseline`); metrics.json records the values used and the search."""
+    flush_denormals()  # a trained network's subnormal values take the CPU's slow path (numerics.py)
     split_dir = resolve_split(data)
     out = Path(out)
     check_out(out, split_dir)

@@ -394,15 +394,8 @@ def _solve_relu_al(problem: ConvexProblem, V0: Tensor | None, W0: Tensor | None,
     finally:
         if bar is not None:
             bar.close()
-    V, W = Z[0].clone(), Z[1].clone()
-    objective, repaired = problem.relu_objective(V, W), early_repair
-    final_violation = problem.constraint_violation(V, W)
-    if repair and final_violation > 0:
-        V2, W2 = repair_feasibility(problem, V, W)
-        fixed = problem.relu_objective(V2, W2)
-        if fixed - objective <= repair_rtol * abs(objective):
-            V, W, objective, repaired = V2, W2, fixed, True
-            final_violation = problem.constraint_violation(V, W)
+    V, W, objective, final_violation, repaired = _repaired(problem, Z, repair, repair_rtol)
+    repaired = repaired or early_repair
     gap = relative_gap(objective, lower)
     # re-judged on the returned weights (the repair changes the objective by <= repair_rtol)
     converged = certified(final_violation, gap, optimality, tol_violation, gap_tol, tol)
@@ -532,6 +525,20 @@ def _solve_relu_projected(problem: ConvexProblem, V0: Tensor | None, W0: Tensor 
     Z, info = fista(smooth, value, prox, problem.penalty, check, prox(Z0, step), step=step, max_iter=max_iter,
                     check_every=check_every, slack=_slack(problem), deadline=t0 + time_limit, progress=progress,
                     what="relu convex solve (projected R-FISTA)")
+    V, W, objective, violation, repaired = _repaired(problem, Z, repair, repair_rtol)
+    if violation > tol_violation and state["feasible"] is not None:
+        # the last iterate's projection was cut short (time limit): return the best checked feasible one
+        V, W = state["feasible"][1][0].clone(), state["feasible"][1][1].clone()
+        objective, violation = problem.relu_objective(V, W), problem.constraint_violation(V, W)
+    gap = relative_gap(objective, state["lower"])
+    converged = certified(violation, gap, state["optimality"], tol_violation, gap_tol, tol)
+    return SolverResult({"V": V, "W": W}, objective, state["optimality"], violation, converged, info["iterations"],
+                        info["step"], info["history"], repaired, gap, state["lower"], lam_max)
+
+
+def _repaired(problem, Z, repair: bool, repair_rtol: float):
+    """The solver's final (V, W), its ReLU objective and constraint violation, and whether the feasibility
+    repair was applied: it is kept only when it raises the objective by at most `repair_rtol` (relative)."""
     V, W = Z[0].clone(), Z[1].clone()
     objective, repaired = problem.relu_objective(V, W), False
     violation = problem.constraint_violation(V, W)
@@ -541,11 +548,4 @@ def _solve_relu_projected(problem: ConvexProblem, V0: Tensor | None, W0: Tensor 
         if fixed - objective <= repair_rtol * abs(objective):
             V, W, objective, repaired = V2, W2, fixed, True
             violation = problem.constraint_violation(V, W)
-    if violation > tol_violation and state["feasible"] is not None:
-        # the last iterate's projection was cut short (time limit): return the best checked feasible one
-        V, W = state["feasible"][1][0].clone(), state["feasible"][1][1].clone()
-        objective, violation = problem.relu_objective(V, W), problem.constraint_violation(V, W)
-    gap = relative_gap(objective, state["lower"])
-    converged = certified(violation, gap, state["optimality"], tol_violation, gap_tol, tol)
-    return SolverResult({"V": V, "W": W}, objective, state["optimality"], violation, converged, info["iterations"],
-                        info["step"], info["history"], repaired, gap, state["lower"], lam_max)
+    return V, W, objective, violation, repaired

@@ -10,7 +10,8 @@ k-space 640 x 368, 15 coils, a loop-coil array with its bias field, noise). Case
     whose mask acquired a few centre lines; brain's 4%).
 Timed (seconds per slice, median over slices, after one untimed warm-up call): ours with its default coarse
 grid and with every pixel exact (coarse_grid=0), one slice per call and `--slices` slices in one batched
-call; a `--slices`-slice fastMRI-size file through the maps cache (read, ESPIRiT, HDF5 write); sigpy's
+call; a `--slices`-slice fastMRI-size file through the maps cache (read, ESPIRiT, HDF5 write; both entry forms,
+and reading one slice's maps back at the recon readout); sigpy's
 EspiritCalib (30 power iterations, its default) on `--sigpy-slices` slices; ours on `--device cuda` when a
 GPU is there (synchronised; otherwise the column says "no GPU"). All CPU timings on one thread
 (torch.set_num_threads(1), OMP_NUM_THREADS=1). Agreement on slice 0, inside both maps' supports and up to a
@@ -43,10 +44,11 @@ from benchmarks import common  # noqa: E402
 from mrirecon.physics.espirit import espirit  # noqa: E402
 from mrirecon.synthetic.generator import make_volume  # noqa: E402
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cache_build per entry form (coarse, full)
 KNEE_TRAINING_SLICES = 35_000  # fastMRI knee multi-coil training set, about (ANCHORS.md section 8)
 CASES = {"square 24x24": (24, 24), "rectangle 640x24 (brain-like)": (640, 24)}
 KERNEL = 6
+RECON_ROWS = slice(160, 480)  # the 320 central rows of the 640-point readout: what the fastMRI reader reads
 
 
 def slices(n: int, seed: int) -> np.ndarray:
@@ -103,23 +105,34 @@ def sigpy_per_slice(kspace: np.ndarray, count: int) -> tuple[float, float, np.nd
 
 
 def cache_build(count: int, seed: int) -> dict[str, Any]:
-    """One fastMRI-size file of `count` slices through the maps cache on one CPU thread: read its calibration
-    regions, ESPIRiT, write the maps (HDF5); seconds per slice and the entry's size per slice."""
+    """One fastMRI-size file of `count` slices through the maps cache on one CPU thread, in each entry form
+    (`mrirecon.data.maps_entry`: "coarse", the default, and "full"): build (read its calibration regions,
+    ESPIRiT, write HDF5), seconds per slice, the entry's size per slice, and reading one slice's maps at the
+    recon readout (320 of 640 rows, as training's loader does; the coarse form is expanded on read)."""
     import tempfile
 
     from mrirecon.data.coil_maps import EspiritSettings, MapCache
+    from mrirecon.data.maps_entry import read_entry
     from mrirecon.synthetic.generator import generate
 
+    cpu = torch.device("cpu")
+    out: dict[str, Any] = {"slices": count}
     with tempfile.TemporaryDirectory(prefix="mrirecon-coil-maps-bench-") as tmp:
         path = generate("knee2d", Path(tmp) / "data", volumes=1, seed=seed, coils=15, slices=count,
                         size=(320, 368))["train"][0]
-        cache = MapCache(Path(tmp) / "cache", EspiritSettings(calib_width=24), device="cpu")
-        seconds, entry = timed(lambda: cache.build(path, "knee2d"), torch.device("cpu"))
-        build_cpu = CPU_SECONDS[-1]
-        lookup_s, _ = timed(lambda: cache.lookup(path, "knee2d"), torch.device("cpu"))
-        return {"slices": count, "build_s_per_slice": seconds / count, "build_cpu_s_per_slice": build_cpu / count,
-                "lookup_s": lookup_s,
-                "entry_mib_per_slice": entry.stat().st_size / count / 2 ** 20}
+        maps = {}
+        for store in ("coarse", "full"):
+            cache = MapCache(Path(tmp) / f"cache-{store}", EspiritSettings(calib_width=24), device="cpu", store=store)
+            seconds, entry = timed(lambda: cache.build(path, "knee2d"), cpu)
+            build_cpu = CPU_SECONDS[-1]
+            lookup_s, _ = timed(lambda: cache.lookup(path, "knee2d"), cpu)
+            reads = [timed(lambda: read_entry(entry, s, RECON_ROWS), cpu) for s in range(count)]
+            maps[store] = np.stack([m for _, m in reads])
+            out[store] = {"build_s_per_slice": seconds / count, "build_cpu_s_per_slice": build_cpu / count,
+                          "lookup_s": lookup_s, "entry_mib_per_slice": entry.stat().st_size / count / 2 ** 20,
+                          "read_s_per_slice": statistics.median(t for t, _ in reads)}
+        out["max_abs_difference"] = float(np.abs(maps["coarse"] - maps["full"]).max())
+    return out
 
 
 def agreement(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -166,10 +179,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     square = rows[0]
     # Core-hours are CPU time (the work; the wall time of a shared machine also holds waits for a core),
     # through the cache (read, ESPIRiT, write) for ours; independent files, so N processes divide it by N.
-    core_hours = cache["build_cpu_s_per_slice"] * KNEE_TRAINING_SLICES / 3600
+    core_hours = cache["coarse"]["build_cpu_s_per_slice"] * KNEE_TRAINING_SLICES / 3600
     estimate = {"slices": KNEE_TRAINING_SLICES, "ours_core_hours": core_hours,
                 "ours_espirit_only_core_hours": square["ours_cpu_cpu_s"] * KNEE_TRAINING_SLICES / 3600,
-                "ours_hours_on_cores": {n: core_hours / n for n in (8, 16, 32, 64)}}
+                "ours_hours_on_cores": {n: core_hours / n for n in (8, 16, 32, 64)},
+                "cache_gib": {store: cache[store]["entry_mib_per_slice"] * KNEE_TRAINING_SLICES / 1024
+                              for store in ("coarse", "full")}}
     if square.get("sigpy_cpu_cpu_s"):
         estimate["sigpy_core_hours"] = square["sigpy_cpu_cpu_s"] * KNEE_TRAINING_SLICES / 3600
     if square.get("ours_cuda_s"):
@@ -211,12 +226,22 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_pair(r, 'ours_cpu_exact')} | {sigpy} | {_s(r['ours_cuda_s'], gpu_missing)} | "
                      f"{vs_sigpy} | {vs_exact} |")
     c = result["cache_build"]
-    lines += ["", f"Through the maps cache (one {c['slices']}-slice file, one thread: read the calibration regions, "
-              f"ESPIRiT, write HDF5): {c['build_s_per_slice']:.3f} s ({c['build_cpu_s_per_slice']:.3f} s CPU) per "
-              f"slice; the entry holds {c['entry_mib_per_slice']:.1f} MiB per slice; finding it again (content key) "
-              f"takes {1000 * c['lookup_s']:.0f} ms."]
+    lines += ["", f"Through the maps cache (one {c['slices']}-slice file, one thread), in each entry form: build (read "
+              "the calibration regions, ESPIRiT, write HDF5), the entry's size, finding it again (content key), and "
+              "reading one slice's maps at the recon readout (320 of 640 rows, what training's loader reads; the "
+              "coarse form is expanded on read):", "",
+              "| entry form | build s per slice (CPU) | MiB per slice | lookup ms | read ms per slice |",
+              "|---|---|---|---|---|"]
+    for store in ("coarse", "full"):
+        e = c[store]
+        lines.append(f"| {store}{' (default)' if store == 'coarse' else ''} | {e['build_s_per_slice']:.3f} "
+                     f"({e['build_cpu_s_per_slice']:.3f}) | {e['entry_mib_per_slice']:.2f} | {1000 * e['lookup_s']:.0f} | "
+                     f"{1000 * e['read_s_per_slice']:.1f} |")
+    lines += ["", f"Both forms read back the same maps (largest difference {c['max_abs_difference']:.1e})."]
     hours = ", ".join(f"{h:.2f} h on {n} cores" for n, h in est["ours_hours_on_cores"].items())
     lines += ["", f"fastMRI knee training set ({est['slices']:,} slices), square case, from the CPU times above: "
+              f"maps cache {est['cache_gib']['coarse']:.0f} GiB coarse (the default) or "
+              f"{est['cache_gib']['full'] / 1024:.2f} TiB full; "
               f"ours through the cache {est['ours_core_hours']:.1f} core-hours ({hours}; ESPIRiT alone "
               f"{est['ours_espirit_only_core_hours']:.1f})"
               + (f", sigpy {est['sigpy_core_hours']:.0f} core-hours" if "sigpy_core_hours" in est else "")

@@ -16,7 +16,8 @@ Measured, each configuration in a fresh process (so its peak memory is its own),
 and fastMRI's alternating (one run, same machine state; the median round is reported):
   - ours: the lean loader training uses: `ReconDataset` + `ReconTransform.load` through `EpochTagged`
     (read the slice, read its cached maps at the recon readout, draw the mask; tensors, no FFT) through a
-    DataLoader, batch 1, 0 and 2 workers;
+    DataLoader, batch 1, 0 and 2 workers; `ours` from cache entries holding the maps at every pixel,
+    `ours-coarse` from entries holding ESPIRiT's coarse eigenvectors (the default form), expanded on read;
   - fastMRI: `fastmri.data.SliceDataset` + `VarNetDataTransform` (the same mask family) on the same files;
   - slices per second over `--items` slices after one warm-up item; peak resident (RSS) and private (USS)
     memory of the main process and of the largest worker, sampled by a thread. The files are read through the OS page cache (warm after the first
@@ -54,9 +55,10 @@ DISTINCT = 5  # generated slices per file, repeated to SLICES
 MASK = {"name": "random", "center_fractions": [0.08], "accelerations": [4]}
 
 
-def maps_folder(folder: Path) -> Path:
-    """The maps cache beside the data folder (fastMRI's SliceDataset opens every entry of the folder)."""
-    return folder.parent / f"{folder.name}_maps"
+def maps_folder(folder: Path, store: str = "full") -> Path:
+    """The maps cache beside the data folder (fastMRI's SliceDataset opens every entry of the folder), one per
+    entry form (`mrirecon.data.maps_entry`; both forms of a file share one key, so they need two folders)."""
+    return folder.parent / (f"{folder.name}_maps" if store == "full" else f"{folder.name}_maps_{store}")
 
 
 def make_files(folder: Path) -> list[Path]:
@@ -97,6 +99,9 @@ def make_files(folder: Path) -> list[Path]:
                 f.attrs.update(acquisition="CORPD_FBK", max=float(rss.max()), norm=float(np.linalg.norm(rss)),
                                patient_id=f"bench-{i}")
         cache.store(path, "knee2d", np.broadcast_to(maps[None, None], (SLICES, 1, *maps.shape)))
+    # The default entry form: ESPIRiT's coarse eigenvectors, expanded when a slice is read (ESPIRiT itself, a
+    # few seconds per file here; the generator's maps above have no coarse form).
+    MapCache(maps_folder(folder, "coarse"), store="coarse").ensure(paths, "knee2d", progress=False)
     return paths
 
 
@@ -161,7 +166,7 @@ def dataset(loader: str, folder: Path):
     fastmri: `SliceDataset` + `VarNetDataTransform`: read the k-space slice and its `reconstruction_rss` target,
       to_tensor (a copy as real pairs), draw the random mask and apply it; no maps (VarNet estimates its own
       inside the model), no FFT."""
-    if loader == "ours":
+    if loader in ("ours", "ours-coarse"):
         from mrirecon.data.coil_maps import MapCache
         from mrirecon.data.datasets import ReconDataset
         from mrirecon.data.masks import build_mask_func
@@ -169,7 +174,7 @@ def dataset(loader: str, folder: Path):
 
         transform = ReconTransform(build_mask_func(MASK), deterministic=False, target="rss")
         ds = ReconDataset(folder, "knee2d", transform, require_maps=True, scan_values=False, progress=False,
-                          maps_cache=MapCache(maps_folder(folder)))
+                          maps_cache=MapCache(maps_folder(folder, "coarse" if loader == "ours-coarse" else "full")))
         return EpochTagged(ds, transform)
     from fastmri.data import SliceDataset
     from fastmri.data.subsample import RandomMaskFunc
@@ -352,7 +357,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['load_average_end']}. {result['shared']}", "",
         f"Files: 2 x k-space {result['files']['kspace_shape']} complex64 ({result['files']['gib_each']:.2f} GiB "
         "each) with `reconstruction_rss` and an ISMRMRD header, cached maps (1 set, 15 coils, 640 x 368) in the "
-        f"maps cache; warm page cache. Batch 1, shuffled; per configuration {result['items']} slices timed after "
+        f"maps cache (both entry forms, one folder each); warm page cache. Batch 1, shuffled; per configuration {result['items']} slices timed after "
         f"one warm-up slice, in a fresh process; {result['rounds']} rounds, ours and fastMRI's alternating; the "
         "median round is shown (all rounds in the JSON), peaks are the largest over the rounds.", "",
         "| loader | workers | slices/s | vs fastMRI | main process peak RSS / USS (MiB) "
@@ -376,7 +381,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Equal work per slice:", "",
               "- ours (`ReconDataset` + `ReconTransform.load` through `EpochTagged`, training's loader): read the "
               "k-space slice, read its cached coil maps at the recon readout (320 of 640 rows) from the maps cache, "
-              "draw the random mask (4x, 8% centre), hand over tensors. No FFT.",
+              "draw the random mask (4x, 8% centre), hand over tensors. No FFT. `ours` reads entries that hold the "
+              "maps at every pixel (`data.maps_store: full`, 27 MiB per slice); `ours-coarse` entries that hold "
+              "ESPIRiT's coarse eigenvectors (the default, 0.3 MiB per slice), expanded to the 320 rows on read.",
               "- fastMRI (`SliceDataset` + `VarNetDataTransform`, the same mask family): read the k-space slice and "
               "its `reconstruction_rss`, convert to real pairs, draw and apply the mask. No maps (its VarNet "
               "estimates them inside the model), no FFT.",
@@ -402,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "data_pipeline")
     p.add_argument("--data", type=Path, default=Path("/tmp/mrirecon_fastmri_size"))
     p.add_argument("--items", type=int, default=70, help="slices timed per configuration")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the four configurations (median shown)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the six configurations (median shown)")
     p.add_argument("--shared", default="", help="a sentence for the report on other work sharing the machine")
     p.add_argument("--worker", nargs=2, metavar=("LOADER", "WORKERS"), help=argparse.SUPPRESS)
     p.add_argument("--batch-transform", action="store_true", help=argparse.SUPPRESS)
@@ -439,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for r in range(a.rounds):
-        order = ("ours", "fastmri") if r % 2 == 0 else ("fastmri", "ours")
+        order = ("ours", "ours-coarse", "fastmri") if r % 2 == 0 else ("fastmri", "ours-coarse", "ours")
         for workers in (0, 2):
             for loader in order:
                 runs.append(fresh("--worker", loader, str(workers)))

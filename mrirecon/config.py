@@ -53,6 +53,7 @@ class DataConfig:
     # every time) and bank_cache (their folder, default $MRIRECON_MASK_CACHE or ~/.cache/mrirecon/masks)
     maps: str = "file"                   # file (ESPIRiT maps from the maps cache, see mrirecon.data.coil_maps) | online
     maps_cache: str | None = None        # coil-map cache folder (default $MRIRECON_MAPS_CACHE or ~/.cache/mrirecon/maps)
+    maps_store: str = "coarse"           # coarse (ESPIRiT's coarse grid, ~1% of the maps, expanded when read) | full
     espirit: dict = field(default_factory=dict)  # ESPIRiT settings: calib_width, kernel_width, thresh, crop
     target: str = "rss"                  # rss (fastMRI's reconstruction_rss) | sense (GLEAM's SENSE image)
     acquisitions: list | None = None     # fastMRI acquisition filter, e.g. [CORPD_FBK]
@@ -126,6 +127,7 @@ class Config:
 
 CHOICES = {
     "data.maps": ("file", "online"),
+    "data.maps_store": ("coarse", "full"),
     "data.target": ("rss", "sense"),
     "model.dc": ("pgd", "modl"),
     "train.pipeline.backend": ("auto", "gloo", "nccl"),

@@ -11,6 +11,7 @@ import torch
 from mrirecon.data import coil_maps as cm
 from mrirecon.data.coil_maps import EspiritSettings, MapCache, cache_maps
 from mrirecon.data.errors import DataError
+from mrirecon.data.maps_entry import read_entry
 from mrirecon.physics.espirit import espirit, time_average
 from mrirecon.synthetic.generator import generate
 
@@ -25,8 +26,7 @@ def files(tmp_path):
 
 
 def read_maps(entry):
-    with h5py.File(entry) as f:
-        return f["espirit_maps"][()]
+    return read_entry(entry, slice(None))  # the maps, whichever form the entry holds
 
 
 def test_a_file_replaced_with_the_same_path_size_and_mtime_gets_new_maps(files, tmp_path):
@@ -226,3 +226,36 @@ def test_known_maps_stored_for_a_file_are_found_and_not_rebuilt(files, tmp_path,
     np.testing.assert_array_equal(read_maps(entry), known)
     with pytest.raises(ValueError, match=r"maps of shape \(2, 1, 4, 64, 16\), expected \(2, 1, 4, 64, 32\)"):
         mc.store(files[0], "knee2d", known[..., :16])
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    """One brain2d slice whose k-space (160 x 80) is larger than ESPIRiT's coarse grid (48 x 48 points)."""
+    written = generate("brain2d", tmp_path / "big", volumes=1, seed=3, coils=4, slices=1, size=(80, 80))
+    return next(p for split in written.values() for p in split)
+
+
+def test_coarse_and_full_entries_hold_the_same_maps_and_either_is_read_whatever_the_setting(big_file, tmp_path):
+    """The default entry keeps ESPIRiT's coarse grid (far smaller on disk) and reads back the maps a full entry
+    stores; both forms share one key, so an entry of either form is used, not rebuilt, by a cache set to write
+    the other."""
+    kind = "brain2d"
+    full = MapCache(tmp_path / "full", SETTINGS, store="full").build(big_file, kind)
+    coarse = MapCache(tmp_path / "coarse", SETTINGS).build(big_file, kind)
+    with h5py.File(full) as f, h5py.File(coarse) as g:
+        assert "espirit_maps" in f and "coarse_vectors" in g and "espirit_maps" not in g
+        assert f["espirit_maps"].shape[-2:] == (160, 80) and g["coarse_vectors"].shape[-2:] == (48, 48)
+    assert coarse.stat().st_size < full.stat().st_size / 4  # 160 x 80 pixels vs 48 x 48 points: 5.6x less data
+    np.testing.assert_allclose(read_maps(coarse), read_maps(full), rtol=0, atol=1e-6)
+    assert coarse.name == full.name  # one key
+    assert MapCache(tmp_path / "full", SETTINGS).lookup(big_file, kind) == full
+    assert MapCache(tmp_path / "coarse", SETTINGS, store="full").lookup(big_file, kind) == coarse
+
+
+def test_maps_at_every_pixel_are_stored_full_and_a_bad_store_is_refused(big_file, tmp_path):
+    every_pixel = EspiritSettings(calib_width=12, coarse_grid=0)
+    entry = MapCache(tmp_path, every_pixel).build(big_file, "brain2d")  # no coarse grid to keep
+    with h5py.File(entry) as f:
+        assert "espirit_maps" in f
+    with pytest.raises(ValueError, match="maps store 'tiny': one of \\['coarse', 'full'\\]"):
+        MapCache(tmp_path, SETTINGS, store="tiny")

@@ -204,6 +204,7 @@ def test_five_calibration_lines_give_the_maps_of_a_square_region(kspace):
 def test_num_maps_2_trains_and_evaluates_from_cached_maps(synthetic, tmp_path):
     import evaluate as evaluate_cli
     from mrirecon.config import load_config
+    from mrirecon.data.maps_entry import read_entry
     from mrirecon.training.run import train
 
     root = synthetic("knee2d")
@@ -215,8 +216,7 @@ def test_num_maps_2_trains_and_evaluates_from_cached_maps(synthetic, tmp_path):
         "data.batch_size=2", "train.max_epochs=1"])
     result = train(cfg, enable_progress_bar=False)
     for p in cache.glob("*.h5"):
-        with h5py.File(p) as f:
-            assert f["espirit_maps"].shape[1] == 2  # two map sets, built because the files hold one
+        assert read_entry(p, slice(None)).shape[1] == 2  # two map sets, built because the files hold one
     out = tmp_path / "eval"
     assert evaluate_cli.main(["--checkpoint", result.last_checkpoint, "--data", str(root / "test"), "--out",
                               str(out), "--no-progress"]) == 0
@@ -239,3 +239,41 @@ def test_coarse_maps_hold_the_eigenvectors_on_the_grid_and_expand_to_the_maps(la
     support = (exact.eig[0] > 0.96) & (full.eig[0] > 0.96)
     gap = 1 - (exact.maps[0].conj() * full.maps[0]).sum(0).abs()
     assert gap[support].max() < 2e-3
+
+
+def _interpolate_then_normalise(coarse, crop=0.95):
+    """expand_maps by its definition: torch's bicubic (2D) / trilinear (3D) interpolation of the eigenvector
+    field and the eigenvalues, then per pixel unit norm over coils, coil 0's phase removed, zero at eig <= crop."""
+    import torch.nn.functional as F
+
+    v, w, spatial = coarse.vectors, coarse.eig, coarse.image_shape
+    mode = "bicubic" if len(spatial) == 2 else "trilinear"
+    up = lambda x: F.interpolate(x, size=spatial, mode=mode, align_corners=True)  # noqa: E731
+    v = torch.complex(up(v.real), up(v.imag))
+    w = up(w[:, None])[:, 0]
+    ref = v[:, :1]
+    phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs(), torch.ones_like(ref))
+    maps = v * phase / torch.linalg.vector_norm(v, dim=1, keepdim=True) * (w > crop)[:, None]
+    return maps, w
+
+
+@pytest.mark.parametrize("spatial", [(40, 24), (12, 10, 9)], ids=["2d bicubic", "3d trilinear"])
+def test_expand_maps_is_interpolation_then_per_pixel_normalisation(spatial):
+    """The separable matrix-product expansion equals torch's interpolate followed by the normalisation; with
+    `rows` it returns exactly those rows of dim -2."""
+    from mrirecon.physics.espirit import CoarseMaps, expand_maps
+
+    g = torch.Generator().manual_seed(0)
+    grid = tuple(max(4, n // 3) for n in spatial)
+    v = torch.randn(2, 4, *grid, dtype=torch.complex64, generator=g)  # (M, C, *grid)
+    w = 0.9 + 0.2 * torch.rand(2, *grid, generator=g)
+    coarse = CoarseMaps(v, w, spatial)
+    maps, eig = _interpolate_then_normalise(coarse)
+    got = expand_maps(coarse)
+    assert 0 < (eig > 0.95).float().mean() < 1  # both sides of the crop are exercised
+    torch.testing.assert_close(got.eig, eig, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.maps, maps, rtol=0, atol=2e-6)
+    rows = slice(spatial[-2] // 4, spatial[-2] // 4 + spatial[-2] // 2)
+    part = expand_maps(coarse, rows=rows)
+    torch.testing.assert_close(part.maps, got.maps[..., rows, :], rtol=0, atol=1e-6)
+    torch.testing.assert_close(part.eig, got.eig[..., rows, :], rtol=0, atol=1e-6)

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coarse-grid", type=int, default=None,
                    help="ESPIRiT eigenvectors on this many points per dim, interpolated (0: every pixel; "
                         "default 8 x kernel width)")
+    p.add_argument("--store", choices=("coarse", "full"), default="coarse",
+                   help="cache entries hold the coarse eigenvectors (~1%% of the maps, expanded when read; "
+                        "data.maps_store) or the maps at every pixel")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="processes of one thread each (CPU); on a GPU the maps are computed in this process")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         coil_maps.cache_maps(a.data, a.kind, a.calib_width, a.kernel_width, a.thresh, a.crop, a.workers, a.overwrite,
-                             num_maps=a.num_maps, cache=a.cache, device=a.device, coarse_grid=a.coarse_grid)
+                             num_maps=a.num_maps, cache=a.cache, device=a.device, coarse_grid=a.coarse_grid,
+                             store=a.store)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

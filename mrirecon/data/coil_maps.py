@@ -39,11 +39,12 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..physics.espirit import espirit, espirit_from_calibration, time_average
+from ..physics.espirit import CoarseMaps, espirit, espirit_coarse, expand_maps, time_average
 from . import layouts as L
 from .cache import cache_folder, content_key
 from .errors import DataError
 from .kinds import get_kind
+from .maps_entry import STORES, check_entry, write_entry
 from .masks import acs_width
 from .readers.hdf5 import inspect_file, list_h5
 
@@ -189,9 +190,11 @@ def read_calibration(path: Path, kind: str, settings: EspiritSettings) -> Calibr
 
 
 def compute_file_maps(path: Path, kind: str, settings: EspiritSettings, device: str | torch.device | None = None,
-                      calibration: Calibration | None = None) -> Iterator[np.ndarray]:
+                      calibration: Calibration | None = None, coarse: bool = False
+                      ) -> Iterator[np.ndarray | CoarseMaps]:
     """The (slices, M, C, *spatial) complex64 maps of one file, a batch of slices at a time (bounded memory),
-    computed on `device` (default: CPU). DataError when no slice has a coil sensitivity."""
+    computed on `device` (default: CPU); `coarse`: ESPIRiT's coarse eigenvectors instead (`CoarseMaps` on the
+    CPU, `expand_maps` makes the same maps). DataError when no slice has a coil sensitivity."""
     inspect_file(path, get_kind(kind).layout)  # clear error on a malformed file before any work
     cal = calibration or read_calibration(path, kind, settings)
     device = torch.device(device or "cpu")
@@ -201,8 +204,12 @@ def compute_file_maps(path: Path, kind: str, settings: EspiritSettings, device: 
     found = False
     for start in range(0, S, batch):
         region = torch.from_numpy(cal.region[start:start + batch]).to(device)
-        maps = espirit_from_calibration(region, cal.spatial, cal.kernel, settings.thresh, settings.crop,
-                                        settings.num_maps, settings.coarse_grid).maps.cpu().numpy()
+        grid = espirit_coarse(region, cal.spatial, cal.kernel, settings.thresh, settings.num_maps, settings.coarse_grid)
+        if coarse:
+            found = found or bool((grid.eig > settings.crop).any())
+            yield CoarseMaps(grid.vectors.cpu(), grid.eig.cpu(), grid.image_shape)
+            continue
+        maps = expand_maps(grid, settings.crop).maps.cpu().numpy()
         found = found or bool(np.abs(maps).max() > 0)
         yield maps
     if not found:
@@ -211,15 +218,14 @@ def compute_file_maps(path: Path, kind: str, settings: EspiritSettings, device: 
 
 
 def _read_entry(entry: Path, cal: Calibration, settings: EspiritSettings, slices: int, warn: bool = True) -> bool:
-    """True if the cache file `entry` holds these maps; False (with a warning naming it) if it is damaged."""
+    """True if the cache file `entry` holds these maps (either form, `maps_entry`); False (with a warning
+    naming it) if it is damaged."""
     expected = (slices, settings.num_maps, cal.region.shape[1], *cal.spatial)
     try:
         with h5py.File(entry, "r") as f:
-            maps = f[L.MAPS]
-            if f.attrs.get("key") != cal.key or tuple(maps.shape) != expected or maps.dtype != np.complex64:
-                raise ValueError(f"its key or maps {tuple(maps.shape)} {maps.dtype} are not those of this file "
-                                 f"({expected} complex64)")
-            maps[-1]  # the last slice is readable: the file is complete
+            check_entry(f, expected)
+            if f.attrs.get("key") != cal.key:
+                raise ValueError("its key is not this file's")
     except (OSError, KeyError, ValueError) as e:
         if warn:
             warnings.warn(f"{entry}: damaged coil-map cache entry ({e}); building it again", stacklevel=3)
@@ -229,13 +235,18 @@ def _read_entry(entry: Path, cal: Calibration, settings: EspiritSettings, slices
 
 class MapCache:
     """Coil maps per (file content, kind, ESPIRiT settings) in `folder` (see the module docstring), computed
-    on `device` (default: CUDA when present, else CPU)."""
+    on `device` (default: CUDA when present, else CPU), written in the form `store` (`maps_entry`: "coarse",
+    about 1% of the maps, expanded when read; or "full"; maps computed at every pixel, coarse_grid 0, are
+    always stored full)."""
 
     def __init__(self, folder: str | os.PathLike | None = None, settings: EspiritSettings | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, store: str = "coarse"):
+        if store not in STORES:
+            raise ValueError(f"maps store {store!r}: one of {list(STORES)}")
         self.folder = cache_folder(folder, CACHE_ENV, "maps")
         self.settings = settings or EspiritSettings()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.coarse = store == "coarse" and self.settings.coarse_grid != 0
 
     def key(self, path: Path, kind: str) -> str:
         """SHA-256 of what the maps depend on: calibration-region values, k-space shape, mask, kind, settings."""
@@ -263,7 +274,8 @@ class MapCache:
         entry = self._entry(path, cal.key)
         if not overwrite and entry.is_file() and _read_entry(entry, cal, self.settings, len(cal.region), warn=False):
             return entry  # built by another process meanwhile (a damaged entry was named when it was looked up)
-        return self._write(path, kind, cal, compute_file_maps(path, kind, self.settings, self.device, cal))
+        return self._write(path, kind, cal, compute_file_maps(path, kind, self.settings, self.device, cal,
+                                                              coarse=self.coarse))
 
     def store(self, path: Path, kind: str, maps: np.ndarray) -> Path:
         """Write known maps (slices, M, C, *spatial) as `path`'s entry (generated data whose coil sensitivities
@@ -275,19 +287,16 @@ class MapCache:
             raise ValueError(f"{path}: maps of shape {tuple(maps.shape)}, expected {expected}")
         return self._write(path, kind, cal, iter([maps]))
 
-    def _write(self, path: Path, kind: str, cal: Calibration, batches: Iterable[np.ndarray]) -> Path:
+    def _write(self, path: Path, kind: str, cal: Calibration, batches: Iterable[np.ndarray | CoarseMaps]) -> Path:
         """Write the maps of `path`, a batch of slices at a time, atomically into its entry."""
         entry = self._entry(path, cal.key)
         try:
             with atomic_path(entry) as tmp:
                 with h5py.File(tmp, "w") as f:
-                    d, start = None, 0
-                    for maps in batches:
-                        if d is None:
-                            d = f.create_dataset(L.MAPS, shape=(len(cal.region), *maps.shape[1:]), dtype=np.complex64)
-                        d[start:start + len(maps)] = maps
-                        start += len(maps)
-                    d.attrs.update(self.settings.attrs())
+                    start = 0
+                    for batch in batches:
+                        write_entry(f, len(cal.region), batch, start, self.settings.attrs())
+                        start += len(batch.vectors if isinstance(batch, CoarseMaps) else batch)
                     f.attrs.update({"source": str(path.resolve()), "kind": kind, "key": cal.key,
                                     "version": CACHE_VERSION})
         except OSError as e:
@@ -329,7 +338,7 @@ def cache_for(data_cfg, num_maps: int) -> MapCache:
         settings = EspiritSettings.from_dict(data_cfg.espirit, num_maps)
     except TypeError as e:
         raise ValueError(f"data.espirit: {e}") from None
-    return MapCache(data_cfg.maps_cache, settings)
+    return MapCache(data_cfg.maps_cache, settings, store=data_cfg.maps_store)
 
 
 def _one_thread() -> None:
@@ -353,13 +362,14 @@ def find_files(data: Path) -> list[Path]:
 def cache_maps(data: str | os.PathLike, kind: str | None = None, calib_width: int = 20, kernel_width: int = 6,
                thresh: float = 0.02, crop: float = 0.95, workers: int = 1, overwrite: bool = False,
                verbose: bool = True, num_maps: int = 1, cache: str | os.PathLike | None = None,
-               device: str | None = None, coarse_grid: int | None = None) -> list[str]:
+               device: str | None = None, coarse_grid: int | None = None, store: str = "coarse") -> list[str]:
     """Compute the maps of every file under `data` into the cache folder; one status line per file.
 
     The data files are only read. `overwrite` recomputes maps already cached. `device`: default CUDA when
-    present (batched over slices), else CPU with `workers` processes."""
+    present (batched over slices), else CPU with `workers` processes. `store`: the entries' form (`MapCache`)."""
     files = find_files(Path(data))
-    mc = MapCache(cache, EspiritSettings(calib_width, kernel_width, thresh, crop, num_maps, coarse_grid), device)
+    mc = MapCache(cache, EspiritSettings(calib_width, kernel_width, thresh, crop, num_maps, coarse_grid), device,
+                  store)
     lines = []
     jobs = [(p, kind or detect_kind(p)) for p in files]
     todo = [(p, k) for p, k in jobs if overwrite or mc.lookup(p, k) is None]

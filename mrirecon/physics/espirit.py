@@ -32,6 +32,7 @@ FFTs, calibration region and zero-padded kernels centred at n // 2 - m // 2.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import NamedTuple, Sequence
@@ -244,28 +245,73 @@ def _virtual_coil_phase(v: Tensor, coeffs: Tensor) -> Tensor:
     return torch.where(proj.abs() > 0, proj.conj() / proj.abs().clamp(min=1e-30), torch.ones_like(proj))
 
 
-def expand_maps(coarse: CoarseMaps, crop: float = 0.95) -> Espirit:
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(n_in: int, n_out: int, mode: str, device: torch.device) -> Tensor:
+    """(n_out, n_in) float32 matrix of 1D interpolation from n_in to n_out points, align_corners: torch's
+    bicubic (Keys, a = -0.75, edges clamped) and trilinear are separable, so the maps of any grid are these
+    matrices applied along each dim. Built by interpolating the identity with torch itself (one definition)."""
+    eye = torch.eye(n_in, device=device)
+    if mode == "bicubic":  # 2D bicubic on (n_in, 1, n_in, 1) interpolates the first dim only
+        out = torch.nn.functional.interpolate(eye.reshape(n_in, 1, n_in, 1), size=(n_out, 1), mode=mode,
+                                              align_corners=True)
+    else:
+        out = torch.nn.functional.interpolate(eye.reshape(n_in, 1, n_in), size=n_out, mode="linear",
+                                              align_corners=True)
+    return out.reshape(n_in, n_out).T.contiguous()
+
+
+def _interpolate_separable(x: Tensor, spatial: tuple[int, ...], mode: str, rows: slice) -> Tensor:
+    """Real x (..., *grid) interpolated to `spatial` (only `rows` of dim -2), one matrix product per dim."""
+    ndim = len(spatial)
+    for d in range(ndim):
+        axis = x.ndim - ndim + d
+        if x.shape[axis] == spatial[d]:
+            if d == ndim - 2:
+                x = x.narrow(axis, *_start_len(rows, spatial[d]))
+            continue
+        U = _interpolation_matrix(x.shape[axis], spatial[d], mode, x.device)
+        if d == ndim - 2:
+            U = U[rows]
+        x = torch.movedim(torch.matmul(U, torch.movedim(x, axis, -2)), -2, axis)
+    return x
+
+
+def _start_len(rows: slice, n: int) -> tuple[int, int]:
+    start, stop, step = rows.indices(n)
+    if step != 1:
+        raise ValueError(f"rows {rows} must be a contiguous slice")
+    return start, max(0, stop - start)
+
+
+def expand_maps(coarse: CoarseMaps, crop: float = 0.95, rows: slice = slice(None)) -> Espirit:
     """Maps (..., M, C, *S) and eigenvalues at every pixel from `espirit_coarse`: bicubic interpolation (trilinear
     in 3D) of the eigenvectors and eigenvalues, then per pixel unit norm over coils, coil 0's phase removed
-    (sigpy's convention) and zero where the eigenvalue is <= crop. On the device the coarse maps are on."""
+    (sigpy's convention) and zero where the eigenvalue is <= crop. On the device the coarse maps are on.
+    `rows`: only these rows of dim -2 (the recon readout of a fastMRI slice: half the work).
+
+    The interpolation is one matrix product per dim on the real and imaginary planes (about 10x faster on a
+    CPU than torch's interpolate at fastMRI size, same numbers to float rounding), and the normalisation works
+    on the planes too: a per-pixel factor conj(v_0) / (|v_0| ||v||), then two products per coil."""
     v, w, spatial = coarse.vectors, coarse.eig, coarse.image_shape
     ndim = len(spatial)
     lead, (M, C), gshape = v.shape[:-ndim - 2], v.shape[-ndim - 2:-ndim], tuple(v.shape[-ndim:])
-    v, w = v.reshape(-1, M, C, *gshape), w.reshape(-1, M, *gshape)
-    B = v.shape[0]
-    if gshape != spatial:
-        mode = "bicubic" if ndim == 2 else "trilinear"
-        real = torch.movedim(torch.view_as_real(v.reshape(B, M * C, *gshape)), -1, 2).reshape(B, M * C * 2, *gshape)
-        up = torch.nn.functional.interpolate(real, size=spatial, mode=mode, align_corners=True)
-        v = torch.view_as_complex(torch.movedim(up.reshape(B, M * C, 2, *spatial), 2, -1).contiguous())
-        v = v.reshape(B, M, C, *spatial)
-        w = torch.nn.functional.interpolate(w, size=spatial, mode=mode, align_corners=True)
-    # One pass over the maps (torch.linalg.vector_norm of complex input is 8x slower than this norm).
-    norm = (v.real.square() + v.imag.square()).sum(2, keepdim=True).sqrt()
-    ref = v[:, :, :1]
-    phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs().clamp(min=1e-30), torch.ones_like(ref))
-    maps = v * (phase * (w > crop)[:, :, None] / norm.clamp(min=1e-30))
-    return Espirit(maps.reshape(*lead, M, C, *spatial), w.reshape(*lead, M, *spatial))
+    mode = "bicubic" if ndim == 2 else "trilinear"
+    planes = torch.stack([v.real, v.imag], -ndim - 1)  # (..., M, C, 2, *grid)
+    planes = _interpolate_separable(planes, spatial, mode, rows)
+    w = _interpolate_separable(w, spatial, mode, rows)
+    re, im = planes.unbind(-ndim - 1)  # (..., M, C, *out)
+    r0, i0 = re.narrow(-ndim - 1, 0, 1), im.narrow(-ndim - 1, 0, 1)
+    # v * conj(v_0) / |v_0| / ||v||: coil 0's phase removed, unit norm; where v_0 = 0 the phase is left as is.
+    # Everything but the last two products is per pixel (one coil's plane), so it costs little.
+    norm = (re.square() + im.square()).sum(-ndim - 1, keepdim=True).sqrt()
+    ref = torch.hypot(r0, i0)
+    nonzero = ref > 0
+    safe = torch.where(nonzero, ref, torch.ones_like(ref))
+    r0, i0 = torch.where(nonzero, r0 / safe, torch.ones_like(r0)), torch.where(nonzero, i0 / safe, torch.zeros_like(i0))
+    keep = (w > crop).unsqueeze(-ndim - 1) / norm.clamp(min=1e-30)
+    r0, i0 = r0 * keep, i0 * keep
+    maps = torch.complex(re * r0 + im * i0, im * r0 - re * i0)
+    return Espirit(maps, w)
 
 
 def espirit_maps(

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .. import layouts as L
 from ..errors import DataError
 from ..ismrmrd import parse_header
+from ..maps_entry import read_entry
 from ..masks import check_mask_values
 from .base import RawSlice, ReadOptions, Reader, keep_fraction
 
@@ -244,8 +245,7 @@ class H5Reader(Reader):
             mask = f["mask"][()] if fi.has_mask else None
             maps = f[L.MAPS][sl, ..., map_rows, :] if fi.maps_path == fi.path else None
         if fi.maps_path is not None and fi.maps_path != fi.path:
-            with h5py.File(fi.maps_path, "r") as f:
-                maps = f[L.MAPS][sl, ..., map_rows, :]
+            maps = read_entry(fi.maps_path, sl, map_rows)  # a cache entry: stored maps, or expanded from coarse
         return fi, s, kspace, maps, mask
 
     def read(self, index: int) -> RawSlice:

@@ -496,11 +496,7 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
         if after is not None:
             run.trainer.callbacks.append(AfterTraining(after))
         try:
-            with warnings.catch_warnings():
-                # Lightning advises sync_dist for epoch metrics once torch.distributed runs; ours are gathered
-                # already (every rank logs the same values).
-                warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
-                result = fit(run, stage, data, requests, resume)
+            result = fit(run, stage, data, requests, resume)
         except BaseException:
             if layout.rank == 0 and not resume:  # a run that failed before it saved anything leaves no folder
                 remove_if_empty(run_dir)

@@ -336,7 +336,12 @@ def fit(run: RunTrainer, module: ReconModule, data: ReconDataModule, requests: S
     TrainingInterrupted. Returns what the run left: its folder, best and last checkpoints, times."""
     start = time.perf_counter()
     try:
-        run.trainer.fit(module, datamodule=data, ckpt_path=resume)
+        with warnings.catch_warnings():
+            # Lightning advises sync_dist for epoch metrics once torch.distributed runs (DDP, pipeline stages):
+            # every process validates the whole val split (or receives the gathered result), so all log the
+            # same values and there is nothing to reduce.
+            warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+            run.trainer.fit(module, datamodule=data, ckpt_path=resume)
     except (KeyboardInterrupt, SystemExit):
         if not requests.requested:
             raise

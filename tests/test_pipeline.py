@@ -204,6 +204,24 @@ def test_a_run_resumed_where_max_steps_ended_inside_an_epoch_continues_exactly(s
     assert max_difference(net_weights(resumed.last_checkpoint), net_weights(straight.last_checkpoint)) == 0.0
 
 
+def test_a_run_with_max_steps_resumed_from_an_epoch_end_trains_the_next_epoch(synthetic, tmp_path):
+    """1 epoch (2 steps) then --resume with max_epochs 2 / max_steps 4 equals 2 epochs straight. Lightning 2.6
+    counts the finished epoch twice when the resumed run has max_steps: it trained nothing and ended as if
+    complete (training/run.py ResumeAtEpochEnd)."""
+    args = overrides(synthetic("knee2d"), tmp_path, "train.strategy=gleam", "model.num_unrolls=2")
+    straight = train(load_config("configs/knee2d.yaml", [*args, "train.max_epochs=2", "train.max_steps=4",
+                                                         "name=straight"]), enable_progress_bar=False)
+    first = train(load_config("configs/knee2d.yaml", [*args, "train.max_epochs=1", "train.max_steps=2",
+                                                      "name=resumed"]), enable_progress_bar=False)
+    assert load_checkpoint(first.last_checkpoint)["epoch"] == 0  # one whole epoch of the two batches
+    resumed = train(load_config("configs/knee2d.yaml", [*args, "train.max_epochs=2", "train.max_steps=4",
+                                                        "name=resumed"]), resume=first.last_checkpoint,
+                    enable_progress_bar=False)
+    done, expected = load_checkpoint(resumed.last_checkpoint), load_checkpoint(straight.last_checkpoint)
+    assert (done["global_step"], done["epoch"]) == (expected["global_step"], expected["epoch"]) == (8, 1)
+    assert max_difference(net_weights(resumed.last_checkpoint), net_weights(straight.last_checkpoint)) == 0.0
+
+
 # ------------------------------------------------------------------------------------------ faults
 @pytest.mark.parametrize("fault", ["hang", "exit"])
 def test_a_failed_stage_stops_the_pipeline_within_the_timeout(synthetic, tmp_path, fault):

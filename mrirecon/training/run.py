@@ -13,6 +13,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.loops.loop import _Loop
 
 from ..atomic import folder_lock
 from ..config import Config, ConfigError, save_config
@@ -70,6 +72,20 @@ class StepTimer(Callback):
             self._sync(pl_module)
             self.seconds += time.perf_counter() - self._start
             self._start = None
+
+
+class ResumeAtEpochEnd(_FitLoop):
+    """Lightning 2.6's fit loop, except that a run with max_steps resumed from a checkpoint written at an epoch's
+    end starts the next epoch, as a run without max_steps does. Lightning marks the loop as restarting whenever
+    max_steps is set; from an epoch-end checkpoint it then replays the end of the finished epoch and counts
+    it twice, so the resumed run trained one epoch too few (nothing when max_epochs went 1 -> 2) and ended as
+    if complete. A checkpoint written inside an epoch (a stop, max_steps) still restarts that epoch."""
+
+    @_Loop.restarting.setter
+    def restarting(self, restarting: bool) -> None:
+        epoch = self.epoch_progress.current
+        unfinished = any(v != epoch.processed for v in (epoch.ready, epoch.started))
+        _Loop.restarting.fset(self, restarting and unfinished)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -327,6 +343,9 @@ def build_trainer(cfg: Config, module: ReconModule, data: ReconDataModule, run_d
         use_distributed_sampler=False,  # EpochSampler shards the epoch itself under DDP (datamodule.py)
         default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()],
     )
+    if type(trainer.fit_loop) is not _FitLoop:  # a Lightning that changed its loops: check ResumeAtEpochEnd
+        raise RuntimeError(f"unexpected Lightning fit loop {type(trainer.fit_loop).__name__}")
+    trainer.fit_loop.__class__ = ResumeAtEpochEnd  # same state, one property changed
     return RunTrainer(trainer, best, last, timer)
 
 

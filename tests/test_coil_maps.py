@@ -259,3 +259,19 @@ def test_maps_at_every_pixel_are_stored_full_and_a_bad_store_is_refused(big_file
         assert "espirit_maps" in f
     with pytest.raises(ValueError, match="maps store 'tiny': one of \\['coarse', 'full'\\]"):
         MapCache(tmp_path, SETTINGS, store="tiny")
+
+
+@pytest.mark.parametrize("store,dataset", [("coarse", "coarse_vectors"), ("full", "espirit_maps")])
+def test_the_maps_command_writes_the_entry_form_asked_for_and_a_brain2d_run_finds_it(big_file, tmp_path, store,
+                                                                                     dataset):
+    """`mrirecon maps` detects the layout (a brain file reads as fastMRI's, like a knee file); the key is the
+    layout's, so the run that names data.kind=brain2d uses the entry instead of building its own."""
+    from mrirecon.cli import maps as maps_cli
+
+    cache = tmp_path / f"cache-{store}"
+    args = ["--data", str(big_file.parent), "--cache", str(cache), "--calib-width", "12", "--workers", "1"]
+    assert maps_cli.main([*args, *(["--store", store] if store == "full" else [])]) == 0  # coarse: the default
+    (entry,) = cache.glob("*.h5")
+    with h5py.File(entry) as f:
+        assert dataset in f and len(f) == (2 if store == "coarse" else 1)
+    assert entry == MapCache(cache, SETTINGS).lookup(big_file, "brain2d")

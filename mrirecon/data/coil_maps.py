@@ -13,7 +13,7 @@ of each file is read here).
 The cache (default `~/.cache/mrirecon/maps`, or $MRIRECON_MAPS_CACHE, or `data.maps_cache`) holds one
 HDF5 file per (file content, ESPIRiT settings): its name carries a SHA-256 of what the maps depend on, the
 calibration region's k-space values of every slice, the k-space shape, the mask of a pre-undersampled file,
-the data kind and the ESPIRiT settings (`MapCache.key`). A file replaced by another (even with the same
+the data layout and the ESPIRiT settings (`MapCache.key`). A file replaced by another (even with the same
 path, size and modification time: `cp -p`, `rsync -a`, `tar x`) gets new maps; a renamed or copied file
 reuses them. Each cache file is written atomically (temp file in the cache folder, then rename):
 concurrent runs that build the same maps both write complete, identical files and the last rename wins; a
@@ -182,9 +182,11 @@ def read_calibration(path: Path, kind: str, settings: EspiritSettings) -> Calibr
     digest = hashlib.sha256(np.ascontiguousarray(region).tobytes())
     if mask is not None:
         digest.update(np.ascontiguousarray(mask).tobytes())
-    identity = {"kind": kind, "shape": list(shape), "dtype": str(region.dtype), "calibration": digest.hexdigest(),
+    # The layout, not the kind's name: knee2d and brain2d files (one fastMRI layout) get the same maps, so
+    # `mrirecon maps` on a brain folder (detected by layout) serves a brain2d run.
+    identity = {"layout": layout.name, "shape": list(shape), "dtype": str(region.dtype), "calibration": digest.hexdigest(),
                 "settings": asdict(settings), "version": CACHE_VERSION}
-    if kind == "cine":  # (S, T, C, *calib): one map set per slice from the frame average
+    if layout is L.CINE:  # (S, T, C, *calib): one map set per slice from the frame average
         region = time_average(torch.from_numpy(region), dim=1).numpy()
     return Calibration(region, spatial, kernel, content_key(identity))
 
@@ -234,7 +236,7 @@ def _read_entry(entry: Path, cal: Calibration, settings: EspiritSettings, slices
 
 
 class MapCache:
-    """Coil maps per (file content, kind, ESPIRiT settings) in `folder` (see the module docstring), computed
+    """Coil maps per (file content, layout, ESPIRiT settings) in `folder` (see the module docstring), computed
     on `device` (default: CUDA when present, else CPU), written in the form `store` (`maps_entry`: "coarse",
     about 1% of the maps, expanded when read; or "full"; maps computed at every pixel, coarse_grid 0, are
     always stored full)."""
@@ -249,7 +251,7 @@ class MapCache:
         self.coarse = store == "coarse" and self.settings.coarse_grid != 0
 
     def key(self, path: Path, kind: str) -> str:
-        """SHA-256 of what the maps depend on: calibration-region values, k-space shape, mask, kind, settings."""
+        """SHA-256 of what the maps depend on: calibration-region values, k-space shape, mask, layout, settings."""
         return read_calibration(Path(path), kind, self.settings).key
 
     def _entry(self, path: Path, key: str) -> Path:

@@ -105,15 +105,25 @@ def test_train_without_config_or_resume_exits_2_naming_both(capsys):
     assert exit_.value.code == 2 and "--config is required (or --resume CKPT alone" in capsys.readouterr().err
 
 
-def test_a_single_process_strategy_under_a_launcher_needs_train_devices(synthetic, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("env,settings,said", [
+    ({"WORLD_SIZE": "2"}, [], "train.devices: 1 and train.num_nodes: 1, but the launcher started 2 processes, 2 "
+     "per node (WORLD_SIZE=2, LOCAL_WORLD_SIZE=2): set train.devices=2 train.num_nodes=1"),
+    ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, ["train.devices=2"], "train.devices: 2 and train.num_nodes: 1, "
+     "but the launcher started 4 processes, 2 per node (WORLD_SIZE=4, LOCAL_WORLD_SIZE=2): set train.devices=2 "
+     "train.num_nodes=2"),
+    ({}, ["train.num_nodes=2"], "train.num_nodes: 2 needs a launcher on every node: mrirecon launch --nnodes 2 "
+     "--nproc_per_node 1"),
+], ids=["two copies", "two nodes", "no launcher"])
+def test_a_single_process_strategy_needs_devices_and_nodes_to_match_the_launcher(synthetic, tmp_path, monkeypatch,
+                                                                                capsys, env, settings, said):
     """Under torchrun / `mrirecon launch` with 2 processes, e2e with train.devices=1 would train two copies of
-    the run: refused before anything is written, naming train.devices and the number of processes."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    the run; across nodes train.num_nodes must say how many: refused before anything is written, naming the
+    settings and the launcher's numbers."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     assert main(["train", "--config", "configs/knee2d.yaml", f"data.root={synthetic('knee2d')}",
-                 f"output_dir={tmp_path / 'runs'}", *TINY_TRAIN]) == 2
-    assert capsys.readouterr().err == ("error: train.devices: 1, but the launcher started 2 processes (WORLD_SIZE=2): "
-                                       "set train.devices=2 for data-parallel training over them, or start one "
-                                       "process and let train.devices start the others\n")
+                 f"output_dir={tmp_path / 'runs'}", *TINY_TRAIN, *settings]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {said}")
     assert not (tmp_path / "runs").exists()
 
 

@@ -119,3 +119,23 @@ def test_launch_refuses_what_it_cannot_run_on_several_processes(argv, message, c
     with pytest.raises(SystemExit) as exit_:
         main(["launch", *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_data_parallel_across_two_nodes_each_started_by_its_own_launcher(synthetic, tmp_path):
+    """train.num_nodes=2: one `mrirecon launch --nnodes 2 --node_rank i` per node (both on this machine here,
+    torchrun's static rendezvous at 127.0.0.1) runs Lightning's DDP over the two: each process trains half of
+    every epoch (the 2 training slices: one batch each), rank 0 alone writes the run folder."""
+    from test_pipeline import free_port
+
+    out = tmp_path / "runs"
+    launcher = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1", f"--master_port={free_port()}"]
+    run = ["train", "--config", "configs/knee2d.yaml", "--no-progress",
+           *overrides(synthetic("knee2d"), out, "train.strategy=e2e", "model.num_unrolls=2", "train.max_epochs=2",
+                      "train.max_steps=-1", "train.devices=1", "train.num_nodes=2", "train.accelerator=cpu")]
+    procs = [start_launch(*launcher, f"--node_rank={node}", *run) for node in (0, 1)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    (run_dir,) = (out / "knee2d").iterdir()
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert (ckpt["global_step"], ckpt["epoch"]) == (2, 1)  # one process alone: 4 steps for the 2 epochs
+    assert "run directory:" in outputs[0] and "run directory:" not in outputs[1]

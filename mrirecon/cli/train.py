@@ -45,17 +45,30 @@ def resume_config(checkpoint: str, overrides: list[str]):
 
 def check_launched_world(cfg) -> None:
     """Under a launcher (torchrun, `mrirecon launch`), a single-process strategy runs as Lightning's DDP over
-    the launched processes, which needs train.devices to say how many; otherwise each process would train
-    a copy of the run on its own."""
+    the launched processes, which needs train.devices (processes per node) and train.num_nodes to say how many;
+    otherwise each process would train a copy of the run on its own. train.num_nodes > 1 needs the launcher
+    on every node (Lightning starts processes on its own node only)."""
     from ..training.strategies import get_strategy
 
+    t = cfg.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not get_strategy(cfg.train.strategy).distributed and cfg.train.devices != world:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        more = ("; Lightning's DDP here runs on one node" if local != world else "")
-        raise ConfigError(f"train.devices: {cfg.train.devices}, but the launcher started {world} processes "
-                          f"(WORLD_SIZE={world}){more}: set train.devices={world} for data-parallel training over "
-                          "them, or start one process and let train.devices start the others")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if get_strategy(t.strategy).distributed:
+        if t.num_nodes != 1:
+            raise ConfigError(f"train.num_nodes: {t.num_nodes}, but train.strategy={t.strategy} takes its nodes and "
+                              "processes from the launcher (mrirecon launch --nnodes N --nproc_per_node K); leave it 1")
+        return
+    if world == 1:
+        if t.num_nodes != 1:
+            raise ConfigError(f"train.num_nodes: {t.num_nodes} needs a launcher on every node: mrirecon launch "
+                              f"--nnodes {t.num_nodes} --nproc_per_node {t.devices} --rdzv-backend c10d "
+                              "--rdzv-endpoint HOST:PORT train ...")
+        return
+    if (t.devices, t.num_nodes) != (local, world // local) or world % local:
+        raise ConfigError(f"train.devices: {t.devices} and train.num_nodes: {t.num_nodes}, but the launcher started "
+                          f"{world} processes, {local} per node (WORLD_SIZE={world}, LOCAL_WORLD_SIZE={local}): set "
+                          f"train.devices={local} train.num_nodes={max(1, world // local)} for data-parallel training "
+                          "over them, or start one process and let train.devices start the others")
 
 
 def lost_peer(error: RuntimeError) -> str | None:

@@ -333,6 +333,7 @@ def build_trainer(cfg: Config, module: ReconModule, data: ReconDataModule, run_d
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg, module),
         accelerator=accelerator or t.accelerator, devices=devices if devices is not None else t.devices,
+        num_nodes=t.num_nodes if strategy == "auto" else 1,  # a pipeline stage is one process to Lightning
         strategy=strategy, precision=t.precision, logger=loggers,
         callbacks=[best, last, SaveConfig(cfg, run_dir / "config.yaml"), timer, stop, *extra],
         log_every_n_steps=t.log_every_n_steps,

@@ -107,6 +107,7 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int = 1                     # processes (GPUs) per node; > 1: Lightning's DDP
     num_nodes: int = 1                   # nodes of a data-parallel run, each started by a launcher (mrirecon launch --nnodes)
+    ddp_timeout_s: float = 300.0         # DDP: a process that waits this long on another one (dead, stopped) ends the run
     precision: str = "32-true"
     # MEL's inversion: prox_iters, prox_tol, inverse_cg_iters, inverse_cg_tol (strategies.Invertible)
     invertible: dict = field(default_factory=dict)
@@ -137,6 +138,7 @@ CHOICES = {
 }
 POSITIVE = ("model.num_unrolls", "model.num_maps", "model.cg_iters", "data.batch_size",
             "train.max_epochs", "train.lr", "train.check_val_every_n_epoch", "train.devices", "train.num_nodes",
+            "train.ddp_timeout_s",
             "train.pipeline.replicas", "train.pipeline.timeout_s")
 POSITIVE_OR_NONE = ("train.num_modules", "train.pipeline.stages", "train.pipeline.threads")
 # Old names read from files, overrides and checkpoints: {dotted key of a section: {old: new}}.

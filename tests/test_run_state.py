@@ -179,6 +179,30 @@ def test_a_killed_ddp_process_ends_the_run_with_exit_4_and_one_line(synthetic, t
         f"connection closed); `mrirecon train --resume {last}` goes on from its last epoch")
 
 
+def test_a_stopped_ddp_process_ends_the_run_within_train_ddp_timeout_s(synthetic, tmp_path):
+    """SIGSTOP of Lightning's second DDP process (a hung or suspended process): the first one's next collective
+    waits train.ddp_timeout_s (Lightning's own default: 30 minutes), then ends with the one line, exit 4."""
+    proc = start_train(settings(synthetic, tmp_path, "train.max_epochs=100000", "data.batch_size=1", *GLEAM,
+                                "train.devices=2", "train.accelerator=cpu", "train.ddp_timeout_s=8"))
+    last = tmp_path / "knee2d" / "version_0" / "checkpoints" / "last.ckpt"
+    wait_for(lambda: last.exists() and len(children(proc)) == 1, proc=proc)
+    (rank1,) = children(proc)
+    os.kill(rank1, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        proc.wait(timeout=90)  # not communicate(): the stopped process holds the output pipes open
+        waited = time.monotonic() - start
+    finally:
+        os.kill(rank1, signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 4, err
+    assert 8 <= waited < 60, waited
+    assert "Traceback" not in err + out, err
+    assert err.rstrip().splitlines()[-1] == (
+        "error: data-parallel training, rank 0: another process of the run has died or stopped answering (timed "
+        f"out); `mrirecon train --resume {last}` goes on from its last epoch")
+
+
 # ---------------------------------------------------------------------------------- one writer per run
 def test_a_second_resume_of_a_run_folder_is_refused_naming_the_holder(synthetic, tmp_path, capsys):
     first = train(config(synthetic, tmp_path, "train.max_epochs=1"), enable_progress_bar=False)

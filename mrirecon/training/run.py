@@ -7,6 +7,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.loops.loop import _Loop
 
 from ..atomic import folder_lock
@@ -327,13 +329,16 @@ def build_trainer(cfg: Config, module: ReconModule, data: ReconDataModule, run_d
     last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                          enable_version_counter=False, save_on_train_epoch_end=True, stop=stop)
     timer = StepTimer()
+    data_parallel = strategy == "auto" and (t.devices > 1 or t.num_nodes > 1)
+    if data_parallel:  # Lightning's DDP, with our timeout: its default (30 minutes) hides a stopped process
+        strategy = DDPStrategy(timeout=timedelta(seconds=t.ddp_timeout_s))
     install_child_watch()  # a dead DDP process is reported in one line (exit 4), not SIGKILLed away
     flush_denormals()  # trained weights drift into subnormals: 15x slower steps on the CPU (numerics.py)
     extra = [RecordResume(cfg, resume, changes or {}, run_dir / "resumes.json")] if resume else []
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, max_steps=lightning_max_steps(cfg, module),
         accelerator=accelerator or t.accelerator, devices=devices if devices is not None else t.devices,
-        num_nodes=t.num_nodes if strategy == "auto" else 1,  # a pipeline stage is one process to Lightning
+        num_nodes=t.num_nodes if data_parallel else 1,  # a pipeline stage is one process to Lightning
         strategy=strategy, precision=t.precision, logger=loggers,
         callbacks=[best, last, SaveConfig(cfg, run_dir / "config.yaml"), timer, stop, *extra],
         log_every_n_steps=t.log_every_n_steps,

@@ -174,3 +174,44 @@ def test_cone_projection_matches_cvxpy():
         cp.Problem(cp.Minimize(cp.sum_squares(u - Z[s, i, :, ch].numpy())),
                    [cp.multiply(S[:, i], X @ u) >= 0]).solve(solver="CLARABEL")
         assert np.allclose(proj[s, i, :, ch].numpy(), u.value, atol=1e-6)
+
+
+@needs_cvxpy
+def test_cone_norm_upper_bounds_from_remembered_rows_are_valid_and_tight_on_their_own_active_set():
+    problem, _, _ = denoising_problem("channel")
+    Z = torch.randn((2, *problem.shape), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    G = torch.randn((2, *problem.shape), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    projector = ConeProjector(problem, tol=1e-12)
+    proj = projector.project(Z)                         # remembers Z's active rows
+    own = projector.norm_upper(Z)                       # (2, P, c): on Z's own active set: exact
+    assert torch.allclose(own, proj.norm(dim=-2), rtol=1e-9, atol=1e-12)
+    other = projector.norm_upper(G)                     # another vector, the same rows: a valid upper bound
+    X, S = problem.X.numpy(), problem.S.numpy()
+    for s, i, ch in [(0, 0, 0), (1, 3, 1), (0, 5, 1), (1, 7, 0)]:
+        exact = cvxpy_cone_norm(problem, G[s, i, :, ch].numpy(), i)
+        assert float(other[s, i, ch]) >= exact * (1 - 1e-6)
+        assert float(other[s, i, ch]) <= float(G[s, i, :, ch].norm()) * (1 + 1e-12)   # never above mu = 0's
+
+
+@needs_cvxpy
+def test_relu_lower_bounds_from_the_prox_multipliers_never_exceed_cvxpy_optimum():
+    problem, _, _ = denoising_problem("channel", size=5, gates=6, lam=3e-3)
+    ours = solve_relu(problem, tol=0.0, gap_tol=1e-5, tol_violation=1e-8, check_every=2, max_iter=2000)
+    optimum = cvxpy_optimum(problem, relu=True)
+    # every checked iterate's dual bound, early (loose) or late (tight), is a lower bound on the optimum
+    assert all(h["lower_bound"] <= optimum * (1 + 1e-7) for h in ours.history)
+    assert ours.converged and ours.objective == pytest.approx(optimum, rel=1e-5)
+    assert ours.history[-1]["dual_norm_max"] == pytest.approx(problem.lam, rel=1e-3)   # tight at the optimum
+
+
+@needs_cvxpy
+def test_float32_gated_solve_polished_in_float64_is_certified_against_cvxpy():
+    p64, _, _ = denoising_problem("channel", size=6)
+    p32 = ConvexProblem(p64.X.float(), p64.Y, p64.gates, p64.lam, p64.group_by, gram=False)
+    alone = solve_gated(p32, tol=0.0, gap_tol=1e-5, max_iter=3000, polish=False)
+    polished = solve_gated(p32, tol=0.0, gap_tol=1e-5, max_iter=3000)
+    optimum = cvxpy_optimum(p64, relu=False)
+    assert not alone.converged and alone.gap > 1e-4            # float32 rounding stalls the gap
+    assert polished.converged and polished.gap <= 1e-5
+    assert polished.history[-1]["phase"] == "float64 polish" and polished.history[0]["phase"] == "float32"
+    assert polished.lower_bound <= optimum * (1 + 1e-7) and polished.objective == pytest.approx(optimum, rel=1e-5)

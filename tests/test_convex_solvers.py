@@ -3,12 +3,14 @@ once, and the stopping rule never certifies an infeasible point."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
 
 from mrirecon.models.convex import ConvexProblem, certified, sample_gates, solve_gated, solve_relu
 from mrirecon.models.convex.patches import patch_matrix, pixel_matrix
+from mrirecon.models.convex.cones import ConeProjector
 from mrirecon.models.convex.solvers import AugmentedLagrangian
 
 
@@ -171,3 +173,46 @@ def test_projected_and_augmented_lagrangian_reach_the_same_relu_optimum():
     assert a.objective == pytest.approx(b.objective, rel=2e-5)
     with pytest.raises(ValueError, match="method"):
         solve_relu(problem, method="admm")
+
+
+def test_line_search_keeps_its_step_when_the_loss_reaches_its_rounding_level():
+    # 16 rows, lam = 1e-8: the ReLU solution interpolates the targets, the loss falls to ~1e-16 (the Gram form's
+    # rounding level, eps x 0's loss) and a purely relative bound test failed on rounding noise alone: the step
+    # collapsed to 6e-12 and the iterates froze. The absolute floor keeps it at the curvature's scale.
+    problem = denoising_problem(lam=1e-8)
+    r = solve_relu(problem, tol=0.0, gap_tol=1e-9, max_iter=150, check_every=10)
+    assert r.iterations == 150 and min(h["step"] for h in r.history) >= 1e-2
+    # and the iterates keep descending after the loss bottoms out (the frozen run repeated one value)
+    late = [h["objective"] for h in r.history if h["iteration"] >= 60]
+    assert all(b < a for a, b in zip(late, late[1:]))
+
+
+def test_time_limit_is_kept_and_the_best_checked_feasible_iterate_is_returned():
+    problem = denoising_problem(lam=1e-4, size=12, gates=16)      # 144 rows: needs far more than 0.5 s
+    t0 = time.perf_counter()
+    r = solve_relu(problem, tol=0.0, gap_tol=1e-9, time_limit=0.5, check_every=2)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5 + 1.0 and not r.converged and r.status == "time limit: best checked feasible iterate"
+    zero = float((problem.Y ** 2).sum()) / (2 * problem.n)
+    assert r.violation <= 1e-6 and r.objective < zero and r.history
+    # the returned point is the best checked feasible one or a later, better one: never worse than the checks'
+    assert r.objective <= min(h["objective"] for h in r.history if h["violation"] <= 1e-6) * (1 + 1e-6)
+    # out of time before any scheduled check (check_every 1000): the last accepted point is still judged, and
+    # the result is a measured feasible point, never an unmeasured or cut-short one
+    r = solve_relu(problem, tol=0.0, gap_tol=1e-9, time_limit=0.3, check_every=1000)
+    assert not r.converged and r.status == "time limit: best checked feasible iterate" and r.violation <= 1e-6
+    assert r.history and problem.constraint_violation(r.weights["V"], r.weights["W"]) <= 1e-6
+
+
+def test_screened_cone_checks_give_the_projections_of_full_checks():
+    problem = denoising_problem(size=8)                                  # 64 rows
+    g = torch.Generator().manual_seed(4)
+    Z = torch.randn((2, *problem.shape), generator=g, dtype=torch.float64)
+    # 36 of 64 rows kept (more than d = 18: a projection's active rows have margin 0, so tau needs more)
+    screened, full = ConeProjector(problem, tol=1e-12, screen=36), ConeProjector(problem, tol=1e-12, screen=64)
+    for k in range(4):    # a converging sequence: small moves, within the screening radius after the first
+        Zk = Z + 1e-4 * k * torch.randn(Z.shape, generator=g, dtype=torch.float64)
+        a, b = screened.project(Zk), full.project(Zk)
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+        assert screened.last_violation <= 1e-12
+    assert screened.screened_checks > 0 and problem.constraint_violation(a[0], a[1]) <= 1e-12

@@ -7,12 +7,17 @@ K° = {-A^T mu : mu >= 0}), whose solution needs at most d positive mu (the acti
 constraint generation, for many (gate, column) pairs at once: the previous call's active rows are tried
 first (one batched Cholesky solve: exact when the active set did not change); otherwise, or when a row
 outside the working set is violated, the most violated rows join it and a small NNLS (scipy's Lawson-Hanson)
-is solved on it, until no row is violated by more than `tol` (one pass over the patches per round).
+is solved on it, until no row is violated by more than `tol` (one pass over the patches per round, or
+over a column's screened rows only while it stays within a safe distance of its last projection: see
+`ConeProjector._check`).
 
 Certified bounds on ||proj_K(z)|| = max_{u in K, ||u|| <= 1} <z, u>, whatever the accuracy reached:
   upper  ||z + A^T mu|| for any mu >= 0 (the working set's NNLS solution, zeros elsewhere);
   lower  <z, u'> / ||u'|| for any u' in K (the projection shifted into K along the gate g_i, which lies in
          its own cone: (2 D_i - I) X g_i = |X g_i|).
+The upper bound needs no pass over the patches when mu is solved on rows remembered from earlier
+projections (`ConeProjector.norm_upper`): the projected ReLU solver bounds the cone norms of its gradient
+with its prox's own active rows, exact at the optimum.
 
 Zero threshold. With the 1/(2n) loss, 0 solves the ReLU program iff no feasible direction descends:
 max_{u in K_i, ||u|| <= 1} <h, u> <= lam for h = X^T D_i Y / n (direction V_i) and h = -X^T D_i Y / n
@@ -81,11 +86,20 @@ class ConeProjector:
     tol: a projection is accepted when no row violates (2 D_i - I) X u >= 0 by more than tol (absolute; a
     tensor gives one per column). add: rows joining a column's working set per round. max_rounds, or the
     time.perf_counter() `deadline`: then the best point so far is returned, its violation reported (never
-    hidden)."""
+    hidden). screen: rows kept per column for the screened checks (`_check`)."""
 
-    def __init__(self, problem: ConvexProblem, tol: float | Tensor = 1e-8, add: int = 32, max_rounds: int = 200):
+    def __init__(self, problem: ConvexProblem, tol: float | Tensor = 1e-8, add: int = 32, max_rounds: int = 200,
+                 screen: int = 2048):
         self.p, self.tol, self.add, self.max_rounds = problem, tol, add, max_rounds
         self.S = problem.S                                    # (n, P) signs in X's dtype, built once
+        self.ST = problem.S.T.to(torch.int8).contiguous()     # (P, n): rows of signs per gate, for the checks
+        xnorm = problem.X.norm(dim=1)                          # margins normalised for the screening; a zero
+        self.xinv = torch.where(xnorm > 0, 1 / xnorm, 0)       # patch's constraint 0 >= 0 always holds: q = inf
+        self.qpad = torch.where(xnorm > 0, 0, math.inf).to(problem.X.dtype)
+        self.screen = screen
+        self.ref: Tensor | None = None                        # screening state per column (see _check)
+        self.ncols = 0
+        self.full_checks = self.screened_checks = 0
         self.X64 = problem.X.to(problem.dtype)                # rows of A gathered in float64 for the small solves
         self.rows: Tensor | None = None                       # (B, k) each column's active rows, -1 = none
         self.last_violation = 0.0
@@ -99,7 +113,7 @@ class ConeProjector:
         return self.X64[r] * sign.unsqueeze(-1)
 
     def _active_set(self, z: Tensor, gate: Tensor, rows: Tensor, act: Tensor, eps: Tensor,
-                    iterations: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+                    iterations: int = 16, return_mu: bool = False):
         """Batched active-set iterations for the NNLS on each column's working rows: solve u = z + A_act^T mu,
         A_act u = 0 (one Cholesky per column), then keep the rows with mu > 0 and add the working row with the
         most negative A u (< -eps), until the set stops changing. Returns (u, active mask, done mask);
@@ -129,8 +143,49 @@ class ConeProjector:
             if bool(done.all()):
                 break
             act = torch.where(regular[:, None], new, act)
+        if return_mu:
+            return mu
         u = z + (M_all.transpose(1, 2) @ mu.unsqueeze(-1)).squeeze(-1)
         return u, act, done
+
+    def _screen(self, u: Tensor, gate: Tensor, ids: Tensor, K: int) -> None:
+        """Rebuild the screening state (see `_check`) of columns ids at u: the K rows of smallest normalised
+        margin and tau, the (K+1)-th smallest."""
+        p = self.p
+        low_q = torch.full((len(ids), 0), np.inf, dtype=p.X.dtype, device=p.X.device)
+        low_i = torch.zeros((len(ids), 0), dtype=torch.long, device=p.X.device)
+        ux = u.to(p.X.dtype)
+        for r in p.blocks():
+            q = self.ST[gate, r].to(p.X.dtype) * (ux @ p.X[r].T) * self.xinv[r] + self.qpad[r]     # (b, m)
+            k = min(K + 1, q.shape[1])
+            v, i = q.topk(k, dim=1, largest=False, sorted=False)
+            low_q, pos = torch.cat([low_q, v], 1).topk(min(K + 1, low_q.shape[1] + k), dim=1, largest=False)
+            low_i = torch.cat([low_i, i + r.start], 1).gather(1, pos)
+        self.ref[ids] = u
+        self.cand[ids] = low_i[:, :K]
+        self.tau[ids] = (low_q[:, K].to(p.dtype) if low_q.shape[1] > K
+                         else torch.full((len(ids),), math.inf, dtype=p.dtype, device=p.X.device))
+
+    def norm_upper(self, Z: Tensor) -> Tensor:
+        """Certified upper bounds on ||proj_K(z)|| for every column of Z (..., P, d, c), shaped (..., P, c), from
+        the rows this projector remembers (its last projections' active rows), no pass over the patches:
+        ||proj_K(z)|| = dist(z, K°) <= ||z + A^T mu|| for any mu >= 0 (-A^T mu lies in the polar cone K°), mu
+        the NNLS solution on those rows (batched active set; clamped to >= 0, so the bound holds whether or
+        not it settled). Tight when the rows are z's own active set: for the gradient at an iterate of the
+        projected solver they are the prox's active rows, which are the optimum's near convergence."""
+        z = columns(Z)
+        upper = z.norm(dim=1)
+        if self.rows is not None and self.rows.shape[0] == z.shape[0] and self.rows.shape[1]:
+            cols = torch.nonzero((self.rows >= 0).any(1)).flatten()
+            if len(cols):
+                rows = self.rows[cols]
+                gate = column_gates(Z.shape).to(Z.device)[cols]
+                mu = self._active_set(z[cols], gate, rows, rows >= 0, torch.zeros(len(cols), dtype=z.dtype),
+                                      return_mu=True)
+                M = self._A(rows, gate)
+                u = z[cols] + (M.transpose(1, 2) @ mu.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+                upper[cols] = torch.minimum(upper[cols], u.norm(dim=1))
+        return upper.reshape(*Z.shape[:-2], Z.shape[-1])
 
     def _nnls(self, z: Tensor, gate: int, rows: np.ndarray) -> tuple[Tensor, np.ndarray]:
         A = self._A(torch.as_tensor(rows, device=z.device)[None], torch.tensor([gate], device=z.device))[0]
@@ -138,22 +193,57 @@ class ConeProjector:
         mu, _ = nnls(An.T, -zn, maxiter=50 * max(len(rows), 1))
         return torch.from_numpy(zn + An.T @ mu).to(z), mu
 
-    def _check(self, u: Tensor, gate: Tensor) -> tuple[Tensor, Tensor]:
-        """Per column: the largest violation and the `add` most violated rows (global indices, -1 if fewer)."""
+    def _check(self, u: Tensor, gate: Tensor, ids: Tensor, tol: Tensor) -> tuple[Tensor, Tensor]:
+        """Per column: the largest violation and the `add` most violated rows (global indices, -1 if fewer).
+
+        Screening (safe, no row skipped that could be violated): a full pass over the patches also keeps, per
+        column, its reference point u_ref, the `screen` rows of smallest normalised margin
+        q_j = (2 D_i - I)_j x_j^T u_ref / ||x_j|| and tau, the smallest q_j of the other rows. Then for any u
+        with ||u - u_ref|| < tau every other row has (2 D_i - I)_j x_j^T u >= ||x_j|| (q_j - ||u - u_ref||) > 0
+        (Cauchy-Schwarz): only the kept rows are checked. Consecutive iterates of a converging solver move
+        little, so most checks touch `screen` rows, not n. The screening set is rebuilt only for the columns
+        that pass (violation <= tol): their u is this projection's answer, the next call's reference."""
         p = self.p
         B = u.shape[0]
         viol = torch.zeros(B, dtype=p.dtype, device=p.X.device)
-        best_v = torch.full((0, B), -np.inf, dtype=p.X.dtype, device=p.X.device)
-        best_i = torch.zeros((0, B), dtype=torch.long, device=p.X.device)
-        ut = u.T.to(p.X.dtype)
-        for r in p.blocks():
-            neg = -(self.S[r][:, gate] * (p.X[r] @ ut))                              # (m, B)
-            viol = torch.maximum(viol, neg.amax(0).to(p.dtype))
-            k = min(self.add, neg.shape[0])
-            v, i = neg.topk(k, dim=0)
-            best_v, pos = torch.cat([best_v, v]).topk(min(self.add, best_v.shape[0] + k), dim=0)
-            best_i = torch.cat([best_i, i + r.start]).gather(0, pos)
-        return viol.clamp_min(0), torch.where(best_v > 0, best_i, -1)
+        worst = torch.full((B, self.add), -1, dtype=torch.long, device=p.X.device)
+        if self.ref is None or self.ref.shape[0] != self.ncols:
+            self.ref = torch.zeros((self.ncols, u.shape[1]), dtype=p.dtype, device=p.X.device)
+            self.tau = torch.zeros(self.ncols, dtype=p.dtype, device=p.X.device)
+            self.cand = torch.zeros((self.ncols, min(self.screen, p.n)), dtype=torch.long, device=p.X.device)
+        moved = (u - self.ref[ids]).norm(dim=1)
+        # rounding of the margins (X's dtype) taken off tau, so the test stays safe with float32 patches
+        screened = moved < self.tau[ids] - 8 * torch.finfo(p.X.dtype).eps * (u.norm(dim=1) + self.ref[ids].norm(dim=1))
+        chunk = max(1, 2**22 // max(self.cand.shape[1] * u.shape[1], 1))
+        for part in torch.nonzero(screened).flatten().split(chunk):
+            rows = self.cand[ids[part]]                                             # (b, K)
+            sign = self.ST[gate[part]].gather(1, rows).to(p.X.dtype)
+            neg = -(sign * (p.X[rows] @ u[part].to(p.X.dtype).unsqueeze(-1)).squeeze(-1))   # (b, K)
+            viol[part] = neg.amax(1).to(p.dtype)
+            v, i = neg.topk(min(self.add, neg.shape[1]), dim=1)
+            worst[part, :v.shape[1]] = torch.where(v > 0, rows.gather(1, i), -1)
+        full = torch.nonzero(~screened).flatten()
+        if len(full):
+            uf, gf = u[full].to(p.X.dtype), gate[full]
+            K = self.cand.shape[1]
+            best_v = torch.full((len(full), 0), -np.inf, dtype=p.X.dtype, device=p.X.device)
+            best_i = torch.zeros((len(full), 0), dtype=torch.long, device=p.X.device)
+            vf = torch.zeros(len(full), dtype=p.dtype, device=p.X.device)
+            for r in p.blocks():
+                neg = -(self.ST[gf, r].to(p.X.dtype) * (uf @ p.X[r].T))                   # (b, m)
+                vf = torch.maximum(vf, neg.amax(1).to(p.dtype))
+                k = min(self.add, neg.shape[1])
+                v, i = neg.topk(k, dim=1)
+                best_v, pos = torch.cat([best_v, v], 1).topk(min(self.add, best_v.shape[1] + k), dim=1)
+                best_i = torch.cat([best_i, i + r.start], 1).gather(1, pos)
+            viol[full] = vf
+            worst[full, :best_v.shape[1]] = torch.where(best_v > 0, best_i, -1)
+            passed = full[vf <= tol[full]]
+            if len(passed) and time.perf_counter() <= self.deadline:   # (an optimisation: none past the limit)
+                self._screen(u[passed], gate[passed], ids[passed], K)
+        self.full_checks += len(full)
+        self.screened_checks += int(screened.sum())
+        return viol.clamp_min(0), worst.T
 
     def project(self, Z: Tensor, live: Tensor | None = None) -> Tensor:
         """proj onto the cones, column by column, of Z (..., P, d, c) (float64); columns where `live` (the
@@ -163,6 +253,7 @@ class ConeProjector:
         B = z.shape[0]
         if self.rows is None or self.rows.shape[0] != B:
             self.rows = torch.full((B, 0), -1, dtype=torch.long, device=dev)
+        self.ncols = B
         out = torch.zeros_like(z)
         cols = torch.arange(B, device=dev) if live is None else torch.nonzero(live.reshape(-1)).flatten()
         self.last_violation, self.last_rounds = 0.0, 0
@@ -184,9 +275,11 @@ class ConeProjector:
                     up, ap, done = self._active_set(zc[pending], gate[pending], R[pending], act[pending],
                                                     tol[pending] / 10)
                 else:
-                    up, ap = zc[pending].clone(), act[pending].clone()
+                    up, ap = u[pending].clone(), act[pending].clone()
                     done = torch.zeros(len(pending), dtype=torch.bool, device=dev)
                 for j in torch.nonzero(~done).flatten().tolist():
+                    if time.perf_counter() > self.deadline:
+                        break     # the rest keep the last round's points; the check reports their violation
                     rows = R[pending[j]]
                     keep = rows >= 0
                     uj, mu = self._nnls(zc[pending[j]], int(gate[pending[j]]), rows[keep].cpu().numpy())
@@ -194,7 +287,7 @@ class ConeProjector:
                     ap[j] = False
                     ap[j, torch.nonzero(keep).flatten()] = torch.as_tensor(mu > 0, device=dev)
                 u[pending], act[pending] = up, ap
-            viol, worst = self._check(u[pending], gate[pending])
+            viol, worst = self._check(u[pending], gate[pending], cols[pending], tol[pending])
             viol_all[pending] = viol
             bad = viol > tol[pending]
             self.last_rounds = rnd

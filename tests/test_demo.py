@@ -35,12 +35,20 @@ def test_demo_overrides_come_after_the_defaults(tmp_path):
         demo_config("knee2d", tmp_path, ["model.num_unrolls=5"])  # 2 modules do not divide 5 unrolls
 
 
-@pytest.mark.parametrize("kind", ["knee2d", "brain2d"])
-def test_2d_demos_train_with_the_demo_schedule(kind, tmp_path):
+@pytest.mark.parametrize("kind, epochs", [("knee2d", 24), ("brain2d", 8)])
+def test_2d_demos_train_with_the_demo_schedule(kind, epochs, tmp_path):
     cfg = demo_config(kind, tmp_path, [])
     assert (cfg.data.batch_size, cfg.train.lr, cfg.train.scheduler) == (1, 3e-3, {"name": "cosine"})
-    assert cfg.train.max_epochs == 24
+    assert cfg.train.max_epochs == epochs
     assert demo_config(kind, tmp_path, ["train.max_epochs=2"]).train.max_epochs == 2  # the user's value wins
+
+
+def test_brain_demo_trains_modl_and_the_knee_demo_pgd(tmp_path):
+    brain = demo_config("brain2d", tmp_path, [], "synth")
+    assert (brain.model.dc, brain.model.lam_init, brain.model.cg_iters) == ("modl", 0.05, 10)
+    assert demo_config("knee2d", tmp_path, []).model.dc == "pgd"
+    back = demo_config("brain2d", tmp_path, ["model.dc=pgd", "train.max_epochs=24"], "synth")
+    assert (back.model.dc, back.train.max_epochs) == ("pgd", 24)  # today's PGD network, on the user's word
 
 
 def _copy_with_attrs(src: Path, dst: Path, **attrs) -> None:

@@ -261,18 +261,24 @@ def _interpolation_matrix(n_in: int, n_out: int, mode: str, device: torch.device
 
 
 def _interpolate_separable(x: Tensor, spatial: tuple[int, ...], mode: str, rows: slice) -> Tensor:
-    """Real x (..., *grid) interpolated to `spatial` (only `rows` of dim -2), one matrix product per dim."""
+    """Real x (..., *grid) interpolated to `spatial` (only `rows` of dim -2), one matrix product per dim; the
+    last two dims multiply in place (U @ x, x @ U^T), so the result is contiguous."""
     ndim = len(spatial)
     for d in range(ndim):
         axis = x.ndim - ndim + d
-        if x.shape[axis] == spatial[d]:
+        last = d == ndim - 1
+        n_in = x.shape[axis]
+        if n_in == spatial[d]:
             if d == ndim - 2:
                 x = x.narrow(axis, *_start_len(rows, spatial[d]))
             continue
-        U = _interpolation_matrix(x.shape[axis], spatial[d], mode, x.device)
+        U = _interpolation_matrix(n_in, spatial[d], mode, x.device)
         if d == ndim - 2:
-            U = U[rows]
-        x = torch.movedim(torch.matmul(U, torch.movedim(x, axis, -2)), -2, axis)
+            x = torch.matmul(U[rows], x)
+        elif last:
+            x = torch.matmul(x, U.T)
+        else:
+            x = torch.movedim(torch.matmul(U, torch.movedim(x, axis, -2)), -2, axis)
     return x
 
 
@@ -289,8 +295,9 @@ def expand_maps(coarse: CoarseMaps, crop: float = 0.95, rows: slice = slice(None
     (sigpy's convention) and zero where the eigenvalue is <= crop. On the device the coarse maps are on.
     `rows`: only these rows of dim -2 (the recon readout of a fastMRI slice: half the work).
 
-    The interpolation is one matrix product per dim on the real and imaginary planes (about 10x faster on a
-    CPU than torch's interpolate at fastMRI size, same numbers to float rounding), and the normalisation works
+    The interpolation is one matrix product per dim on the real and imaginary planes (same numbers as torch's
+    interpolate to float rounding; 16 ms for the 320 recon rows of a 640 x 368 x 15 slice on one core, against
+    150 ms for torch's interpolate and normalisation of the whole slice), and the normalisation works
     on the planes too: a per-pixel factor conj(v_0) / (|v_0| ||v||), then two products per coil."""
     v, w, spatial = coarse.vectors, coarse.eig, coarse.image_shape
     ndim = len(spatial)
@@ -300,17 +307,18 @@ def expand_maps(coarse: CoarseMaps, crop: float = 0.95, rows: slice = slice(None
     planes = _interpolate_separable(planes, spatial, mode, rows)
     w = _interpolate_separable(w, spatial, mode, rows)
     re, im = planes.unbind(-ndim - 1)  # (..., M, C, *out)
-    r0, i0 = re.narrow(-ndim - 1, 0, 1), im.narrow(-ndim - 1, 0, 1)
     # v * conj(v_0) / |v_0| / ||v||: coil 0's phase removed, unit norm; where v_0 = 0 the phase is left as is.
-    # Everything but the last two products is per pixel (one coil's plane), so it costs little.
-    norm = (re.square() + im.square()).sum(-ndim - 1, keepdim=True).sqrt()
+    # All but the last products are per pixel (one coil's plane).
+    # over coils and re/im (torch.linalg.vector_norm over two dims is 6x slower here)
+    norm = planes.square().sum((-ndim - 2, -ndim - 1)).sqrt().unsqueeze(-ndim - 1)
+    r0, i0 = re.narrow(-ndim - 1, 0, 1), im.narrow(-ndim - 1, 0, 1)
     ref = torch.hypot(r0, i0)
     nonzero = ref > 0
     safe = torch.where(nonzero, ref, torch.ones_like(ref))
     r0, i0 = torch.where(nonzero, r0 / safe, torch.ones_like(r0)), torch.where(nonzero, i0 / safe, torch.zeros_like(i0))
     keep = (w > crop).unsqueeze(-ndim - 1) / norm.clamp(min=1e-30)
     r0, i0 = r0 * keep, i0 * keep
-    maps = torch.complex(re * r0 + im * i0, im * r0 - re * i0)
+    maps = torch.complex((re * r0).addcmul_(im, i0), (im * r0).addcmul_(re, i0, value=-1))
     return Espirit(maps, w)
 
 

@@ -113,8 +113,9 @@ def test_fit_command_writes_weights_the_prox_loads(synthetic, tmp_path, capsys):
     prox = build_prox({"name": "convex_dual", "weights": str(out)}, 2, 2)
     info = prox.info
     assert info["settings"]["lam"] == 2e-3 and info["data"]["patches"] == 150
-    # a short solve: nearly feasible (exactly, when the final repair was cheap enough to keep)
-    assert info["violation"] <= 1e-3 and (info["violation"] == 0.0 or not info["repaired"])
+    # a short solve: nearly feasible; when the final repair was cheap enough to keep, feasible up to the
+    # rounding of the float32 patches (the repair's shift is exact in exact arithmetic only)
+    assert info["violation"] <= 1e-3 and (info["violation"] <= 1e-7 or not info["repaired"])
     assert info["hidden"] == prox.net.hidden
     assert list(tmp_path.glob(".convex.pt.*")) == []  # no temporary file left behind
     capsys.readouterr()

@@ -285,7 +285,8 @@ def cone_decomposition(problem: ConvexProblem, U: Tensor) -> tuple[Tensor, Tenso
 
 
 def repair_feasibility(problem: ConvexProblem, V: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
-    """Make a nearly feasible (V, W) exactly feasible without changing V - W (so the predictions stay):
+    """Make a nearly feasible (V, W) feasible without changing V - W (so the predictions stay; exactly in exact
+    arithmetic, up to the patches' rounding in floating point: ~1e-9 with float32 patches):
     add t g_i to both V_i[:, c] and W_i[:, c], t the smallest shift that fixes both. The objective grows
     by at most 2 lam t ||g_i|| per column, i.e. in proportion to the violation that was left."""
     t = torch.maximum(_gate_shift(problem, V), _gate_shift(problem, W))
@@ -636,9 +637,9 @@ def _solve_relu_projected(problem: ConvexProblem, V0: Tensor | None, W0: Tensor 
     else:
         V, W, objective, violation, repaired = _repaired(problem, Z, repair, repair_rtol)
         if violation > tol_violation and state["feasible"] is not None:
-            # the last iterate's projection was cut short: return the best checked feasible one
+            # the last iterate's projection was cut short: return the best checked feasible one (not repaired)
             objective, Zf, violation = state["feasible"]
-            V, W = Zf[0].clone(), Zf[1].clone()
+            V, W, repaired = Zf[0].clone(), Zf[1].clone(), False
     gap = relative_gap(objective, state["lower"])
     converged = certified(violation, gap, state["optimality"], tol_violation, gap_tol, tol)
     status = "certified" if converged else (

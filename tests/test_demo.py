@@ -35,7 +35,7 @@ def test_demo_overrides_come_after_the_defaults(tmp_path):
         demo_config("knee2d", tmp_path, ["model.num_unrolls=5"])  # 2 modules do not divide 5 unrolls
 
 
-@pytest.mark.parametrize("kind, epochs", [("knee2d", 24), ("brain2d", 8)])
+@pytest.mark.parametrize("kind, epochs", [("knee2d", 8), ("brain2d", 8)])
 def test_2d_demos_train_with_the_demo_schedule(kind, epochs, tmp_path):
     cfg = demo_config(kind, tmp_path, [])
     assert (cfg.data.batch_size, cfg.train.lr, cfg.train.scheduler) == (1, 3e-3, {"name": "cosine"})
@@ -43,10 +43,11 @@ def test_2d_demos_train_with_the_demo_schedule(kind, epochs, tmp_path):
     assert demo_config(kind, tmp_path, ["train.max_epochs=2"]).train.max_epochs == 2  # the user's value wins
 
 
-def test_brain_demo_trains_modl_and_the_knee_demo_pgd(tmp_path):
+def test_the_2d_demos_train_modl_unless_the_user_says_pgd(tmp_path):
     brain = demo_config("brain2d", tmp_path, [], "synth")
     assert (brain.model.dc, brain.model.lam_init, brain.model.cg_iters) == ("modl", 0.05, 10)
-    assert demo_config("knee2d", tmp_path, []).model.dc == "pgd"
+    assert demo_config("knee2d", tmp_path, []).model.dc == "modl"
+    assert demo_config("knee3d", tmp_path, []).model.dc == "pgd"  # the other kinds keep their configs' network
     back = demo_config("brain2d", tmp_path, ["model.dc=pgd", "train.max_epochs=24"], "synth")
     assert (back.model.dc, back.train.max_epochs) == ("pgd", 24)  # today's PGD network, on the user's word
 

@@ -297,8 +297,7 @@ class MapCache:
                 with h5py.File(tmp, "w") as f:
                     start = 0
                     for batch in batches:
-                        write_entry(f, len(cal.region), batch, start, self.settings.attrs())
-                        start += len(batch.vectors if isinstance(batch, CoarseMaps) else batch)
+                        start += write_entry(f, len(cal.region), batch, start, self.settings.attrs())
                     f.attrs.update({"source": str(path.resolve()), "kind": kind, "key": cal.key,
                                     "version": CACHE_VERSION})
         except OSError as e:

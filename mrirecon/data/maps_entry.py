@@ -40,7 +40,7 @@ def check_entry(f: h5py.File, shape: tuple[int, ...]) -> None:
     if VECTORS not in f or EIG not in f:
         raise ValueError(f"neither `{L.MAPS}` nor `{VECTORS}` and `{EIG}` in it")
     v, w = f[VECTORS], f[EIG]
-    image = tuple(int(n) for n in f[VECTORS].attrs.get("image_shape", ()))
+    image = tuple(int(n) for n in v.attrs.get("image_shape", ()))
     grid = tuple(v.shape[3:])
     if (image != spatial or tuple(v.shape[:3]) != (S, M, C) or tuple(w.shape) != (S, M, *grid)
             or len(grid) != len(spatial) or v.dtype != np.complex64 or w.dtype != np.float32):
@@ -49,8 +49,8 @@ def check_entry(f: h5py.File, shape: tuple[int, ...]) -> None:
     v[-1], w[-1]
 
 
-def write_entry(f: h5py.File, slices: int, batch: np.ndarray | CoarseMaps, start: int, attrs: dict) -> None:
-    """Write one batch of slices (maps, or coarse maps) at `start` into the open new entry `f`."""
+def write_entry(f: h5py.File, slices: int, batch: np.ndarray | CoarseMaps, start: int, attrs: dict) -> int:
+    """Write one batch of slices (maps, or coarse maps) at `start` into the open new entry `f`; returns how many."""
     n = len(batch.vectors if isinstance(batch, CoarseMaps) else batch)
     if isinstance(batch, CoarseMaps):
         v, w = batch.vectors.cpu().numpy(), batch.eig.cpu().numpy().astype(np.float32)
@@ -60,10 +60,11 @@ def write_entry(f: h5py.File, slices: int, batch: np.ndarray | CoarseMaps, start
             f.create_dataset(EIG, shape=(slices, *w.shape[1:]), dtype=np.float32)
         f[VECTORS][start:start + n] = v
         f[EIG][start:start + n] = w
-        return
+        return n
     if L.MAPS not in f:
         f.create_dataset(L.MAPS, shape=(slices, *batch.shape[1:]), dtype=np.complex64).attrs.update(attrs)
     f[L.MAPS][start:start + n] = batch
+    return n
 
 
 def read_entry(path: Path, index: int | slice, rows: slice = slice(None)) -> np.ndarray:

@@ -96,6 +96,7 @@ class TrainConfig:
     loss: str = "l1"                     # l1 (on complex magnitude, GLEAM) | l2 | ssim
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    grad_clip_norm: float | None = None  # clip each optimizer's gradients (a GLEAM module's) to this 2-norm; None: off
     scheduler: dict | None = None        # {name: step, step_size: 10, gamma: 0.5} | {name: cosine}
     max_epochs: int = 10
     max_steps: int = -1                  # training batches (every strategy; a GLEAM batch steps every module once)
@@ -140,7 +141,7 @@ POSITIVE = ("model.num_unrolls", "model.num_maps", "model.cg_iters", "data.batch
             "train.max_epochs", "train.lr", "train.check_val_every_n_epoch", "train.devices", "train.num_nodes",
             "train.ddp_timeout_s",
             "train.pipeline.replicas", "train.pipeline.timeout_s")
-POSITIVE_OR_NONE = ("train.num_modules", "train.pipeline.stages", "train.pipeline.threads")
+POSITIVE_OR_NONE = ("train.num_modules", "train.grad_clip_norm", "train.pipeline.stages", "train.pipeline.threads")
 # Old names read from files, overrides and checkpoints: {dotted key of a section: {old: new}}.
 RENAMED = {"data.mask": {"type": "name"}}
 # Old names refused, with what to write instead (their meaning changed or was ambiguous).

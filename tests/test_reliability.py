@@ -92,6 +92,15 @@ def test_diverging_gleam_stops_at_once_naming_step_and_module(synthetic, tmp_pat
     assert ckpts and all(all_finite(p) for p in ckpts)  # the NaN state was never saved
 
 
+def test_clipped_gleam_run_logs_each_module_gradient_norm_before_clipping(synthetic, tmp_path):
+    result = train(config(synthetic, tmp_path, *GLEAM, "train.grad_clip_norm=1e-3", "train.limit_val_batches=0"),
+                   enable_progress_bar=False)
+    header, *rows = [r.split(",") for r in (result.run_dir / "metrics.csv").read_text().splitlines()]
+    for name in ("train/grad_norm_module1", "train/grad_norm_module2"):
+        values = [float(r[header.index(name)]) for r in rows if r[header.index(name)]]
+        assert values and all(v > 1e-3 for v in values)  # larger than the clip: it was clipped
+
+
 def test_nonfinite_validation_score_is_never_best(synthetic, tmp_path):
     with pytest.raises(NonFiniteError, match=r"validation score val/psnr = nan after training step 0"):
         train(config(synthetic, tmp_path / "stop", "train.lr=1e6"), enable_progress_bar=False)
@@ -280,6 +289,7 @@ def test_scientific_notation_parses_as_float(tmp_path):
     ("data.mask.center_fractions=[0.9]", r"data\.mask\.center_fractions: 0\.9 with acceleration 4 .* 1\.1x"),
     ("train.max_steps=0", r"train\.max_steps: must be -1 \(no limit\) or >= 1"),
     ("train.nonfinite=ignore", r"train\.nonfinite: 'ignore' is not one of"),
+    ("train.grad_clip_norm=0", r"train\.grad_clip_norm: must be > 0, got 0"),
 ])
 def test_values_that_cannot_be_meant_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):

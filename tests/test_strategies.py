@@ -108,6 +108,40 @@ def test_parameter_groups_one_per_optimizer():
     assert all(o.defaults["lr"] == 1e-4 and o.defaults["weight_decay"] == 1e-4 for o in optimizers)
 
 
+def test_grad_clip_norm_clips_each_optimizer_to_its_own_norm_before_adam_steps():
+    from mrirecon.config import TrainConfig
+    from mrirecon.training.optim import build_optimizers
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    (opt_a, opt_b), _ = build_optimizers(TrainConfig(lr=0.1, grad_clip_norm=0.5), [[a], [b]])
+    a.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.1, 0.0])  # norms 5 and 0.1
+    # Adam's bias-corrected first step moves by lr * sign-like g / |g|, so compare with Adam on the clipped
+    # gradients at the second step, where the clipped scale shows in the moment estimates.
+    ref_a = torch.nn.Parameter(torch.zeros(3))
+    ref = torch.optim.Adam([ref_a], lr=0.1, weight_decay=1e-4)
+    clipped = [torch.tensor([0.3, 0.0, 0.4]), torch.tensor([0.03, 0.0, 0.04])]  # the second one is not clipped
+    for g, opt in zip([torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.03, 0.0, 0.04])], clipped):
+        a.grad = g.clone()
+        opt_a.step()
+        ref_a.grad = opt.clone()
+        ref.step()
+    assert opt_a.grad_norm == pytest.approx(0.05)  # the last step's norm, before clipping (below 0.5: kept)
+    assert torch.equal(a.data, ref_a.data)
+    opt_b.step()
+    assert opt_b.grad_norm == pytest.approx(0.1) and torch.equal(b.grad, torch.tensor([0.1, 0.0]))
+
+
+def test_without_grad_clip_norm_optimizers_have_no_clipping_hook():
+    from mrirecon.config import TrainConfig
+    from mrirecon.training.optim import build_optimizers
+
+    a = torch.nn.Parameter(torch.zeros(2))
+    (opt,), _ = build_optimizers(TrainConfig(), [[a]])
+    a.grad = torch.tensor([30.0, 40.0])
+    opt.step()
+    assert not hasattr(opt, "grad_norm") and torch.equal(a.grad, torch.tensor([30.0, 40.0]))
+
+
 def test_greedy_split_is_consecutive_unrolls():
     assert greedy_modules(6, 3) == [range(0, 2), range(2, 4), range(4, 6)]
     assert greedy_modules(4, 4) == [range(i, i + 1) for i in range(4)]

@@ -79,6 +79,16 @@ class ReconModule(pl.LightningModule):
         main = losses.get("loss", next(iter(losses.values())))
         self.log("train/loss", main, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=bs)
+        self.log_grad_norms(bs)
+
+    def log_grad_norms(self, batch_size: int) -> None:
+        """train/grad_norm (train/grad_norm_module{k} for GLEAM) before clipping, when train.grad_clip_norm is set."""
+        opts = [getattr(o, "optimizer", o) for o in self._optimizer_list()]  # Lightning's wrapper -> ours
+        norms = [getattr(o, "grad_norm", None) for o in opts]
+        named = {"train/grad_norm" if len(opts) == 1 else f"train/grad_norm_module{k}": n
+                 for k, n in enumerate(norms, start=1) if n is not None}
+        if named:
+            self.log_dict(named, batch_size=batch_size)
 
     def on_train_epoch_end(self):
         scheds = self.lr_schedulers()

@@ -58,12 +58,29 @@ def in_unroll_gains(prox, cfg, split: str, unrolls: int, step: float) -> list[fl
     return [10 * math.log10(b / a) for b, a in zip(before, after)]
 
 
-def train_resnet(train: list, channels: int, blocks: int, steps: int, seed: int = 0) -> torch.nn.Module:
+def receptive_field(blocks: int, kernel: int) -> int:
+    """Side of the resnet prox's receptive field: input conv, two convs per block, output conv."""
+    return 1 + (2 + 2 * blocks) * (kernel - 1)
+
+
+def parse_resnet_shape(text: str) -> tuple[int, int]:
+    """'BLOCKSxKERNEL' (e.g. 1x3; 0x3 is a linear 5x5 filter: no block, so no nonlinearity)."""
+    try:
+        blocks, kernel = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--resnet-shapes: {text!r} is not BLOCKSxKERNEL, e.g. 1x3") from None
+    if blocks < 0 or kernel < 1 or kernel % 2 == 0:
+        raise argparse.ArgumentTypeError(f"--resnet-shapes: {text!r}: blocks >= 0, kernel odd >= 1")
+    return blocks, kernel
+
+
+def train_resnet(train: list, channels: int, blocks: int, steps: int, seed: int = 0,
+                 kernel: int = 3) -> torch.nn.Module:
     """The residual CNN prox (z = x + f(x)) trained by Adam (lr 1e-3, batches of 8 images) on denoising pairs."""
     from mrirecon.models import build_prox
 
     torch.manual_seed(seed)
-    net = build_prox({"name": "resnet", "channels": channels, "num_blocks": blocks}, 2, 2)
+    net = build_prox({"name": "resnet", "channels": channels, "num_blocks": blocks, "kernel_size": kernel}, 2, 2)
     X = torch.cat([i for i, _ in train]).float()
     T = torch.cat([c.expand(len(i), -1, -1, -1) for i, c in train]).float()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -84,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", nargs="+", required=True, help="convex_dual weights files")
     p.add_argument("--resnet-steps", type=int, default=400, help="Adam steps of the standalone resnet (0: none)")
     p.add_argument("--resnet-channels", type=int, default=36)
+    p.add_argument("--resnet-shapes", nargs="+", type=parse_resnet_shape, default=[(1, 3)],
+                   help="resnets to train, BLOCKSxKERNEL each (default 1x3: 9x9 receptive field; 0x3: a linear "
+                        "5x5 filter, the convex 5x5 fit's receptive field)")
+    p.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS),
+                   help="inputs the resnets are trained on")
     p.add_argument("--unrolls", type=int, default=4)
     p.add_argument("--out", help="output stem (default results/convex/<kind>_denoise)")
     args = p.parse_args(argv)
@@ -115,15 +137,21 @@ def main(argv: list[str] | None = None) -> int:
                else f"{info.get('lam', st.get('lam')):.3g}")
         score(f"convex {st.get('kernel_size')}x{st.get('kernel_size')} ({st.get('program', 'relu')}), "
               f"{info.get('hidden')} units, fitted on {st.get('input')}, lam {lam}", prox.net, prox.predicts, prox, desc)
-    if args.resnet_steps:
-        for kind in INPUTS:
+    for blocks, kernel in args.resnet_shapes if args.resnet_steps else []:
+        for kind in args.inputs:
             t0 = time.perf_counter()
             with torch.enable_grad():
-                net = train_resnet(data[("train", kind)], args.resnet_channels, 1, args.resnet_steps)
+                net = train_resnet(data[("train", kind)], args.resnet_channels, blocks, args.resnet_steps,
+                                   kernel=kernel)
+            rf = receptive_field(blocks, kernel)
             desc = {"fit_input": kind, "steps": args.resnet_steps, "train_seconds": round(time.perf_counter() - t0, 1),
-                    "parameters": sum(q.numel() for q in net.parameters())}
+                    "parameters": sum(q.numel() for q in net.parameters()), "blocks": blocks, "kernel_size": kernel,
+                    "receptive_field": rf}
+            shape = (f"{blocks} block{'s' if blocks != 1 else ''}, {kernel}x{kernel} convs" if blocks
+                     else f"no block: linear, {kernel}x{kernel} convs")
             # build_prox's resnet is already residual: its output is the image
-            score(f"resnet ({args.resnet_channels} ch, 1 block), Adam on {kind}", net, "image", net, desc)
+            score(f"resnet ({args.resnet_channels} ch, {shape}; receptive field {rf}x{rf}), Adam on {kind}",
+                  net, "image", net, desc)
     out = ROOT / (args.out or f"results/convex/{args.kind}_denoise")
     result = {"meta": {"command": command_line(argv), "date": now_utc(), "machine": machine_info("cpu"),
                        "load_average_before": load_before, "load_average_after": load_average()},

@@ -83,11 +83,31 @@ def test_gated_model_predicts_new_images_with_its_gates():
     assert torch.allclose(pixel_matrix(out), problem.predict(U), atol=1e-12)
 
 
+def test_paired_gates_put_every_linear_filter_in_the_gated_model():
+    problem, _, _ = denoising_problem(size=6)
+    gates = sample_gates(problem.X, 8, seed=3, paired=True)
+    assert torch.equal(gates[:, 4:], -gates[:, :4])  # four random gates, then their negatives
+    paired = ConvexProblem(problem.X, problem.Y, gates, 1e-3, "channel")
+    assert torch.equal(paired.D[:, :4] + paired.D[:, 4:], torch.ones_like(paired.D[:, :4]))  # complementary
+    # the least-squares linear filter W, as the weights of one gate pair: exactly the linear prediction
+    W = torch.linalg.lstsq(problem.X, problem.Y).solution              # (d, c)
+    U = torch.zeros(paired.shape, dtype=torch.float64)
+    U[1], U[5] = W, W
+    assert torch.allclose(paired.predict(U), problem.X @ W, atol=1e-12)
+    # unpaired random gates do not hold it: the same weights on any two of them predict something else
+    unpaired = ConvexProblem(problem.X, problem.Y, sample_gates(problem.X, 8, seed=3), 1e-3, "channel")
+    U2 = torch.zeros(unpaired.shape, dtype=torch.float64)
+    U2[1], U2[5] = W, W
+    assert not torch.allclose(unpaired.predict(U2), problem.X @ W, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------------- bad input
 def test_zero_gates_is_an_error_naming_P():
     problem, _, _ = denoising_problem()
     with pytest.raises(ValueError, match="num_gates"):
         sample_gates(problem.X, 0)
+    with pytest.raises(ValueError, match=r"num_gates .* >= 2 with paired gates, got 1"):
+        sample_gates(problem.X, 1, paired=True)
 
 
 def test_negative_lam_is_an_error_naming_lam():

@@ -257,7 +257,8 @@ def test_fit_on_a_lam_path_keeps_the_lam_that_denoises_the_val_split_best(synthe
 @pytest.mark.parametrize("override,key", [("fit.unroll_steps=0", "fit.unroll_steps"),
                                           ("fit.step_size=-1", "fit.step_size"),
                                           ("fit.lam_path=[0.5, 2]", "fit.lam_path"),
-                                          ("fit.lam_path=[]", "fit.lam_path")])
+                                          ("fit.lam_path=[]", "fit.lam_path"),
+                                          ("fit.paired_gates=2", "fit.paired_gates")])
 def test_fit_settings_name_the_bad_key(tmp_path, override, key):
     from mrirecon.models.convex.fit import read_fit_config
 

@@ -53,6 +53,7 @@ class FitSettings:
     predicts: str = "residual"        # residual (target - input) | image (target)
     kernel_size: int = 3
     num_gates: int = 64               # P random gates (fewer patterns remain after dropping duplicates)
+    paired_gates: bool = False        # P / 2 random gates and their negatives: every linear filter is in the model
     lam: float = 1e-4                 # weight decay / group-l1 strength (loss scaled by 1/(2n))
     lam_fraction: float | None = None # if set: lam = lam_fraction * lam_max of the fitted data (overrides lam)
     lam_path: list | None = None      # fractions of lam_max, solved largest first (warm starts); the network that
@@ -89,6 +90,8 @@ class FitSettings:
             raise bad("noise_std", "must be >= 0")
         if isinstance(self.step_size, bool) or not (isinstance(self.step_size, (int, float)) and self.step_size > 0):
             raise bad("step_size", "must be a number > 0")
+        if not isinstance(self.paired_gates, bool):
+            raise bad("paired_gates", "must be true or false")
         for key in ("num_gates", "num_patches", "unroll_steps"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -203,7 +206,7 @@ def fit(cfg: Any, settings: FitSettings, out: str | Path, progress: bool = True)
     lists the whole path. The solver settings (time_limit among them) apply to each solve."""
     X, Y, data_info = denoising_pairs(cfg, settings)
     X = X.to(DTYPES[settings.dtype])
-    gates = sample_gates(X, settings.num_gates, seed=settings.seed)
+    gates = sample_gates(X, settings.num_gates, seed=settings.seed, paired=settings.paired_gates)
     problem = ConvexProblem(X, Y, gates, settings.lam, settings.group_by)
     lam_max = problem.lam_max()
     if settings.lam_path is not None:

@@ -150,7 +150,7 @@ def write_interpretation(cfg: Any, settings: Any, weights: str | os.PathLike, ou
     net.load_state_dict(payload["state_dict"])
     small = settings.__class__(**{**settings.__dict__, "num_patches": num_patches})
     X, Y, _ = denoising_pairs(cfg, small)
-    problem = ConvexProblem(X, Y, sample_gates(X, settings.num_gates, settings.seed), 0.0, settings.group_by)
+    problem = ConvexProblem(X, Y, sample_gates(X, settings.num_gates, settings.seed, settings.paired_gates), 0.0, settings.group_by)
     lam_max = problem.lam_max()  # above it every path is off
     lams = [lam_max * 10 ** (-4 + 4.2 * i / 9) for i in range(10)]
     rows = regularisation_path(problem, lams)

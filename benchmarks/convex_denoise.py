@@ -68,9 +68,9 @@ def parse_resnet_shape(text: str) -> tuple[int, int]:
     try:
         blocks, kernel = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--resnet-shapes: {text!r} is not BLOCKSxKERNEL, e.g. 1x3") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not BLOCKSxKERNEL, e.g. 1x3") from None
     if blocks < 0 or kernel < 1 or kernel % 2 == 0:
-        raise argparse.ArgumentTypeError(f"--resnet-shapes: {text!r}: blocks >= 0, kernel odd >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: needs blocks >= 0 and an odd kernel >= 1")
     return blocks, kernel
 
 

@@ -37,6 +37,9 @@ BASELINES = ("zero_filled", "sense", "cs")
 BASELINE_NAMES = {"zero_filled": "zero-filled", "sense": "CG-SENSE (tuned on val)", "cs": "L1-wavelet CS (tuned on val)"}
 
 
+SMALL_RESNET_CHANNELS = 8  # 1,466 prox parameters per unroll, near the fitted convex prox's 800-1,900
+
+
 def runs(kind: str, identity: str) -> list[tuple[str, str, str, list[str]]]:
     """(table row, output slug, config, extra overrides) per trained method."""
     from mrirecon.config import load_config
@@ -49,6 +52,9 @@ def runs(kind: str, identity: str) -> list[tuple[str, str, str, list[str]]]:
          ["train.strategy=gleam", "train.num_modules=4"]),
         ("convex fine-tuned, e2e", "convex_finetune_e2e", f"{c}_finetune.yaml", []),
         (f"resnet ({prox['channels']} ch, {prox['num_blocks']} block), e2e", "resnet_e2e", f"{c}_resnet.yaml", []),
+        # the parameter count of the fit lam leaves (19 / 8 patterns x 100 weights), not of its 256 gates
+        (f"resnet ({SMALL_RESNET_CHANNELS} ch, {prox['num_blocks']} block), e2e", "resnet_small_e2e",
+         f"{c}_resnet.yaml", [f"model.prox.channels={SMALL_RESNET_CHANNELS}"]),
         ("control: identity prox (step sizes only), e2e", "identity_e2e", f"{c}_fixed.yaml",
          [f"model.prox.weights={identity}"]),
     ]
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="reuse runs already trained and evaluated (after an "
                    "interrupted run): their checkpoints under runs/convex and metrics under outputs/convex")
     p.add_argument("--methods", nargs="+", help="output slugs of the rows to run (default all): "
-                   "convex_fixed_e2e convex_fixed_gleam convex_finetune_e2e resnet_e2e identity_e2e")
+                   "convex_fixed_e2e convex_fixed_gleam convex_finetune_e2e resnet_e2e resnet_small_e2e identity_e2e")
     p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
                    help="classical rows (default all; CG-SENSE and CS are tuned on the val split)")
     p.add_argument("--data", help="dataset root (default data/synthetic/<kind>_convex)")
@@ -159,14 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     for _, _, config, _ in plan:  # the whole table is read against one reference
         if load_config(ROOT / config).data.target != first.data.target:
             raise ValueError(f"{config}: data.target differs from {plan[0][2]} ({first.data.target})")
-    rows, references = [], set()
+    rows, references, reused = [], set(), []
+    # training times of reused runs, from the table they were first measured for
+    earlier = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {"rows": []}
+    earlier_seconds = {r["checkpoint"]: r["train_seconds"] for row in earlier["rows"] for r in row["seeds"]}
     for name, slug, config, extra in plan:
         per_seed = []
         for seed in args.seeds:
             eval_dir = ROOT / "outputs" / "convex" / kind / f"{slug}_seed{seed}"
             done = sorted((ROOT / "runs" / "convex").glob(f"{kind}_{slug}_seed{seed}/version_*/checkpoints/best-*.ckpt"))
             if args.reuse and done and (eval_dir / "metrics.json").is_file():
-                ckpt, seconds = str(done[-1]), None   # trained and evaluated by an earlier, interrupted run
+                ckpt = str(done[-1])   # trained and evaluated by an earlier run
+                seconds = earlier_seconds.get(ckpt)
+                reused.append(f"{slug}_seed{seed}")
             else:
                 t0 = time.perf_counter()
                 stdout = run([py, "train.py", "--config", config, "--no-progress", f"train.max_epochs={args.epochs}",
@@ -232,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{'fitted in this run' if fitted_now else 'fitted earlier, reused'}; config `{fit_config}`): "
              f"{fit_text(info)}", "",
              f"Each trained row: mean +- sample std over train.seed in {args.seeds} (one convex fit serves all seeds). "
-             "Classical rows: one deterministic reconstruction each (std 0).", "",
+             "Classical rows: one deterministic reconstruction each (std 0)."
+             + (f" Reused (--reuse: trained and evaluated by an earlier run, their training times as measured then): "
+                f"{', '.join(reused)}; the classical rows were re-evaluated in this run." if reused else ""), "",
              "| method | PSNR | SSIM | NMSE | trainable params | prox params / unroll | train (s, mean) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

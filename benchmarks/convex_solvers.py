@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="device of our solvers' runs (cuda: the GPU column)")
     p.add_argument("--gram-budget-mb", type=int, default=128)
     p.add_argument("--skip", nargs="*", default=[], help="solver names to leave out (pyscnn, cvxpy)")
+    p.add_argument("--programs", nargs="*", default=["gated", "relu"], choices=["gated", "relu"],
+                   help="which programs' rows to run (default both)")
     p.add_argument("--cvxpy-max-nnz", type=float, default=1e8,
                    help="skip cvxpy where its constraint matrix would hold more nonzeros (n P c d) than this")
     p.add_argument("--out", default=str(ROOT / "results" / "convex" / "solvers"))
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         for frac in fracs:
             budget = args.gram_budget_mb * 2**20
             for program, cap in (("gated", gated_cap), ("relu", relu_cap)):
+                if program not in args.programs:
+                    continue
                 lam = frac * thresholds[program]
                 scorer = build_problem(n, P, lam, args.kernel_size)
                 Pn, d, c = scorer.shape

@@ -197,6 +197,9 @@ def test_time_limit_is_kept_and_the_best_checked_feasible_iterate_is_returned():
     assert r.violation <= 1e-6 and r.objective < zero and r.history
     # the returned point is the best checked feasible one or a later, better one: never worse than the checks'
     assert r.objective <= min(h["objective"] for h in r.history if h["violation"] <= 1e-6) * (1 + 1e-6)
+    # (possibly a line-search point, measured there: the reported numbers are the returned weights' own)
+    assert problem.relu_objective(r.weights["V"], r.weights["W"]) == pytest.approx(r.objective, rel=1e-12)
+    assert problem.constraint_violation(r.weights["V"], r.weights["W"]) <= 1e-6
     # out of time before any scheduled check (check_every 1000): the last accepted point is still judged, and
     # the result is a measured feasible point, never an unmeasured or cut-short one
     r = solve_relu(problem, tol=0.0, gap_tol=1e-9, time_limit=0.3, check_every=1000)
@@ -216,3 +219,36 @@ def test_screened_cone_checks_give_the_projections_of_full_checks():
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
         assert screened.last_violation <= 1e-12
     assert screened.screened_checks > 0 and problem.constraint_violation(a[0], a[1]) <= 1e-12
+
+
+def test_screening_state_is_rebuilt_only_after_small_moves_and_projections_are_unchanged():
+    problem = denoising_problem(size=8)                                  # 64 rows
+    g = torch.Generator().manual_seed(5)
+    Z = torch.randn((2, *problem.shape), generator=g, dtype=torch.float64)
+    lazy = ConeProjector(problem, tol=1e-12, screen=36)                  # default: rebuild after moves < 2 tau
+    eager = ConeProjector(problem, tol=1e-12, screen=36, rebuild=math.inf)   # rebuild at every full check
+    full = ConeProjector(problem, tol=1e-12, screen=64)                  # every row kept: the exact reference
+    jumps = [Z + torch.randn(Z.shape, generator=g, dtype=torch.float64) for _ in range(4)]    # far moves
+    creep = [jumps[-1] + 1e-4 * k * torch.randn(Z.shape, generator=g, dtype=torch.float64) for k in range(1, 5)]
+    for k, Zk in enumerate(jumps + creep):
+        a, b, c = lazy.project(Zk), eager.project(Zk), full.project(Zk)
+        assert torch.allclose(a, c, rtol=0, atol=1e-10) and torch.allclose(b, c, rtol=0, atol=1e-10)
+        if k == len(jumps) - 1:
+            # the far moves: the eager projector rebuilt every column's state after every jump; the lazy one
+            # built each once and rebuilt after a jump only the few whose projection barely moved (e.g. stayed 0)
+            assert eager.rebuilt == len(jumps) * eager.ncols
+            assert lazy.rebuilt < 2 * lazy.ncols < eager.rebuilt
+    # the small moves: the states are rebuilt near the new point and the next checks are screened
+    assert lazy.rebuilt > lazy.ncols and lazy.screened_checks > 0
+
+
+def test_a_warm_start_is_projected_not_shrunk_away():
+    problem = denoising_problem()
+    r = solve_relu(problem, tol=0.0, gap_tol=1e-5, tol_violation=1e-8, max_iter=2000)
+    assert r.converged
+    # one step from the certified point: the start is projected (it is feasible: unchanged), not also
+    # soft-thresholded by the first step, so the one prox-gradient step can only descend from its objective
+    again = solve_relu(problem, V0=r.weights["V"], W0=r.weights["W"], tol=0.0, gap_tol=0.0, tol_violation=1e-8,
+                       max_iter=1, check_every=1, repair=False)
+    assert again.iterations == 1 and again.violation <= 1e-8
+    assert again.objective <= r.objective * (1 + 1e-12)

@@ -7,7 +7,7 @@ import torch
 
 from mrirecon.config import ConfigError, load_config
 from mrirecon.models import UnrolledNet, build_prox
-from mrirecon.models.convex import ConvexDualProx, ConvexProblem, TwoLayerReLUConv, sample_gates
+from mrirecon.models.convex import ConvexDualProx, ConvexProblem, TwoLayerReLUConv, sample_gates, solve_relu
 from mrirecon.models.convex.interpret import (effective_filters, plot_effective_filters, plot_regularisation_path,
                                               regularisation_path)
 from mrirecon.models.convex.patches import patch_matrix, pixel_matrix
@@ -235,6 +235,27 @@ def test_held_out_gain_is_the_mse_ratio_in_decibels():
     torch.nn.init.zeros_(zero.conv2.weight)
     assert held_out_psnr_gain(zero, "residual", pairs) == 0.0
     assert held_out_psnr_gain(zero, "image", pairs) < 0  # predicting 0 for the image is worse than the input
+
+
+def test_relu_lam_path_starts_each_lam_from_the_previous_solution(synthetic, tmp_path, monkeypatch):
+    from mrirecon.cli import main
+    from mrirecon.models.convex import fit as fit_module
+
+    calls = []
+
+    def recording(problem, **kw):
+        result = solve_relu(problem, **kw)
+        calls.append((kw.get("V0"), kw.get("W0"), result.weights["V"], result.weights["W"]))
+        return result
+
+    monkeypatch.setattr(fit_module, "solve_relu", recording)
+    config = fit_config(tmp_path, synthetic("knee2d"),
+                        "{input: unroll, unroll_steps: 2, kernel_size: 3, num_patches: 200, num_gates: 6,\n"
+                        "      program: relu, lam_path: [0.5, 0.05], solver: {max_iter: 100}}")
+    assert main(["convex", "fit", "--config", str(config), "--out", str(tmp_path / "c.pt"), "--no-progress"]) == 0
+    (v0, w0, v1, w1), (v0b, w0b, _, _) = calls
+    assert v0 is None and w0 is None                       # the first lam starts cold
+    assert torch.equal(v0b, v1) and torch.equal(w0b, w1)   # the second from the first one's solution
 
 
 def test_fit_on_a_lam_path_keeps_the_lam_that_denoises_the_val_split_best(synthetic, tmp_path):

@@ -219,9 +219,11 @@ def fit(cfg: Any, settings: FitSettings, out: str | Path, progress: bool = True)
     for lam in lams:
         problem.lam = lam
         t0 = time.perf_counter()
-        if settings.program == "relu":
-            result = solve_relu(problem, progress=progress, **settings.solver)
-            net = relu_to_network(result.weights["V"], result.weights["W"], settings.kernel_size)
+        if settings.program == "relu":  # each lam from the previous one's solution, as the gated path
+            warm = {"V0": start[0], "W0": start[1]} if start is not None else {}
+            result = solve_relu(problem, progress=progress, **warm, **settings.solver)
+            start = (result.weights["V"], result.weights["W"])
+            net = relu_to_network(*start, settings.kernel_size)
             violation = result.violation
         else:
             result = solve_gated(problem, U0=start, progress=progress, **settings.solver)

@@ -52,6 +52,12 @@ def test_the_2d_demos_train_modl_unless_the_user_says_pgd(tmp_path):
     assert (back.model.dc, back.train.max_epochs) == ("pgd", 24)  # today's PGD network, on the user's word
 
 
+def test_the_brain_demo_clips_gradients_to_norm_1_unless_the_user_lifts_it(tmp_path):
+    assert demo_config("brain2d", tmp_path, [], "synth").train.grad_clip_norm == 1.0
+    assert demo_config("knee2d", tmp_path, []).train.grad_clip_norm is None  # no spike in knee2d's logged norms
+    assert demo_config("brain2d", tmp_path, ["train.grad_clip_norm=null"], "synth").train.grad_clip_norm is None
+
+
 def _copy_with_attrs(src: Path, dst: Path, **attrs) -> None:
     shutil.copytree(src, dst)
     for path in dst.glob("*/*.h5"):

@@ -236,6 +236,7 @@ def run(kind: str, out: Path, overrides: list[str], volumes: int, seed: int, gen
         f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.node()} "
         f"({platform.processor() or platform.machine()}), total {time.perf_counter() - t0:.0f} s "
         f"(training {result.train_seconds:.0f} s).",
+        *(["", f"**Warning**: {result.warning}."] if result.warning else []),
         "",
         f"Command: `{command}`",
         "",

@@ -31,7 +31,7 @@ from mrirecon.training.checkpoints import (AtomicCheckpointIO, CheckpointError, 
                                            save_checkpoint)
 from mrirecon.training.guards import FiniteGuard, NonFiniteError, check_finite
 from mrirecon.training.module import load_module
-from mrirecon.training.run import train
+from mrirecon.training.run import degradation, train
 
 MASK = "data.mask={name: random, center_fractions: [0.125], accelerations: [4]}"
 TINY = ["model.num_unrolls=2", "model.prox.channels=8", "data.batch_size=2", "train.log_every_n_steps=1", MASK]
@@ -110,6 +110,23 @@ def test_nonfinite_validation_score_is_never_best(synthetic, tmp_path):
                    enable_progress_bar=False)
     assert result.best_checkpoint is None and result.best_score is None
     assert result.last_checkpoint is not None
+
+
+def test_degradation_is_a_drop_of_more_than_3_db_below_the_best_or_a_nonfinite_last_score():
+    assert degradation(30.0, 27.5) is None and degradation(None, 5.0) is None and degradation(30.0, None) is None
+    assert "(26.90 dB) is 3.1 dB below the best (30.00 dB)" in degradation(30.0, 26.9)
+    assert "(nan dB)" in degradation(30.0, float("nan"))
+
+
+def test_a_run_whose_last_validation_collapsed_says_so(synthetic, tmp_path, capsys):
+    first = train(config(synthetic, tmp_path), enable_progress_bar=False)
+    assert first.warning is None and first.last_score == first.best_score  # one healthy epoch
+    # the next epoch at lr 1e4 wrecks the weights (finite or not: skip mode lets the run finish either way)
+    args = cli_args(synthetic, tmp_path, "train.max_epochs=2", "train.lr=1e4", "train.nonfinite=skip")
+    with pytest.warns(UserWarning, match="below the best"):
+        assert train_cli.main([*args, "--resume", str(first.last_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert f"below the best ({first.best_score:.2f} dB)" in out and out.count("warning: the last validation") == 1
 
 
 def test_metrics_json_is_strict_json_with_nonfinite_flagged(tmp_path):

@@ -161,5 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"last checkpoint: {result.last_checkpoint}")
     print(f"training time:   {result.train_seconds:.1f} s")
+    if result.warning:
+        print(f"warning: {result.warning}")
     return 0
 

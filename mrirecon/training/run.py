@@ -40,6 +40,24 @@ class RunResult:
     train_seconds: float            # wall clock of trainer.fit: steps, data loading, validation, checkpoints
     best_score: float | None
     step_seconds: float | None = None  # the training steps alone (forward, backward, optimizer steps)
+    last_score: float | None = None    # val/psnr of the last validation
+    warning: str | None = None         # `degradation`'s message when the last validation fell far below the best
+
+
+# How far the last validation PSNR may fall below the best before the run says so: epoch-to-epoch changes of
+# a healthy run stay well under 1 dB; a run that diverged on huge but finite losses (no non-finite guard
+# fires) fell tens of dB (the brain demo without gradient clipping: to -119 dB).
+DEGRADED_DB = 3.0
+
+
+def degradation(best: float | None, last: float | None, threshold: float = DEGRADED_DB) -> str | None:
+    """A warning when the last validation PSNR is more than `threshold` dB below the best (or not finite),
+    else None."""
+    if best is None or last is None or (math.isfinite(last) and best - last <= threshold):
+        return None
+    return (f"the last validation PSNR ({last:.2f} dB) is {best - last:.1f} dB below the best ({best:.2f} dB): "
+            "training degraded after its best epoch (diverged?); the best checkpoint holds the best weights. "
+            "Consider train.grad_clip_norm (e.g. 1) or a lower train.lr")
 
 
 class SaveConfig(Callback):
@@ -375,8 +393,10 @@ def fit(run: RunTrainer, module: ReconModule, data: ReconDataModule, requests: S
     best, stop = run.best, run.last.stop
     last = str(stop.last_path) if stop.saved_inside_epoch else run.last.best_model_path or None
     score = float(best.best_model_score) if best.best_model_score is not None else None
+    latest = run.trainer.callback_metrics.get("val/psnr")
+    latest = float(latest) if latest is not None else None
     return RunResult(Path(run.trainer.default_root_dir), best.best_model_path or None, last, seconds, score,
-                     run.timer.seconds)
+                     run.timer.seconds, latest, degradation(score, latest))
 
 
 def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = True) -> RunResult:
@@ -412,4 +432,6 @@ def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = Tr
             remove_if_empty(run_dir)
         raise
     result.run_dir = run_dir
+    if result.warning and run.trainer.is_global_zero:
+        warnings.warn(result.warning)
     return result

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -503,8 +503,9 @@ def train_pipeline(cfg: Config, resume: str | None = None, enable_progress_bar: 
             raise
         stage.link.flush()
         peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else None
-        return StageResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.train_seconds,
-                           result.best_score, result.step_seconds, stage.steps, layout.stage, layout.rank, peak)
+        common = {f.name: getattr(result, f.name) for f in fields(result)}  # the stage's RunResult, by name
+        return StageResult(**{**common, "run_dir": run_dir}, steps=stage.steps, stage=layout.stage,
+                           rank=layout.rank, peak_memory_mib=peak)
     finally:
         held.close()
         if ctx.launched:  # the process ends next: torchrun's SIGTERM to the survivors must not cut its message

@@ -395,8 +395,9 @@ def fit(run: RunTrainer, module: ReconModule, data: ReconDataModule, requests: S
     score = float(best.best_model_score) if best.best_model_score is not None else None
     latest = run.trainer.callback_metrics.get("val/psnr")
     latest = float(latest) if latest is not None else None
-    return RunResult(Path(run.trainer.default_root_dir), best.best_model_path or None, last, seconds, score,
-                     run.timer.seconds, latest, degradation(score, latest))
+    return RunResult(run_dir=Path(run.trainer.default_root_dir), best_checkpoint=best.best_model_path or None,
+                     last_checkpoint=last, train_seconds=seconds, best_score=score, step_seconds=run.timer.seconds,
+                     last_score=latest, warning=degradation(score, latest))
 
 
 def train(cfg: Config, resume: str | None = None, enable_progress_bar: bool = True) -> RunResult:

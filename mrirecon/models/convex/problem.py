@@ -58,9 +58,10 @@ def sample_gates(X: Tensor, num_gates: int, seed: int = 0, paired: bool = False)
     """(d, P') gates g_i ~ N(0, I) whose patterns 1[X g_i >= 0] are distinct and not all zero (P' <= P).
     paired: P // 2 random gates followed by their negatives; D_g + D_-g = I (up to patches with X g = 0), so
     the gated model holds every linear filter (a pair with equal weights), not only piecewise ones."""
-    if isinstance(num_gates, bool) or not isinstance(num_gates, int) or num_gates < (2 if paired else 1):
+    least = 2 if paired else 1
+    if isinstance(num_gates, bool) or not isinstance(num_gates, int) or num_gates < least:
         raise ValueError(f"convex model: num_gates (P, the number of random gate filters) must be an integer "
-                         f">= {2 if paired else 1}{' with paired gates' if paired else ''}, got {num_gates!r}")
+                         f">= {least}{' with paired gates' if paired else ''}, got {num_gates!r}")
     g = torch.Generator().manual_seed(seed)
     gates = torch.randn(X.shape[1], num_gates // 2 if paired else num_gates, generator=g, dtype=torch.float64).to(X)
     return unique_pattern_gates(X, torch.cat([gates, -gates], 1) if paired else gates)
